@@ -1,0 +1,47 @@
+# Two set-up commands for users: `make demo` and `make test`.  Both create .venv when missing.
+PYTHON ?= python3
+VENV := .venv
+BENCH_VENV := .venv-bench
+DIFFBIO_VENV := .venv-diffbio
+PY312 ?= $(shell pyenv root 2>/dev/null)/versions/3.12.1/bin/python
+THREADS ?= 2
+
+.PHONY: demo test lint bench bench-deconv bench-env clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV)/bin/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/diffomics demo --out demo_out
+
+test: $(VENV)/.installed
+	$(VENV)/bin/python -m ruff check src tests benchmarks
+	$(VENV)/bin/python -m pytest
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/python -m ruff check src tests benchmarks
+
+# Benchmarks: peers live in their own environments, never in .venv.
+$(BENCH_VENV)/.installed: pyproject.toml benchmarks/requirements.txt
+	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install --quiet -r benchmarks/requirements.txt -e .
+	touch $@
+
+$(DIFFBIO_VENV)/.installed: benchmarks/requirements-diffbio.txt
+	test -x $(DIFFBIO_VENV)/bin/python || $(PY312) -m venv $(DIFFBIO_VENV)
+	$(DIFFBIO_VENV)/bin/python -m pip install --quiet -r benchmarks/requirements-diffbio.txt
+	touch $@
+
+bench-env: $(BENCH_VENV)/.installed $(DIFFBIO_VENV)/.installed
+
+bench-deconv: bench-env
+	$(BENCH_VENV)/bin/python benchmarks/deconvolution.py --threads $(THREADS) \
+		--diffbio-python $(DIFFBIO_VENV)/bin/python
+
+bench: bench-deconv
+
+clean:
+	rm -rf demo_out .pytest_cache .ruff_cache

@@ -1,0 +1,72 @@
+"""Shared benchmark plumbing: thread pinning, child processes with peak memory, result files.
+
+Every method runs in its own child process so that its peak resident memory is its own, and
+every child gets the same thread limits (OpenMP, OpenBLAS, MKL, XLA, torch).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+RESULTS_DIR = Path(__file__).parent / "results"
+
+
+def thread_env(threads: int) -> dict[str, str]:
+    """Environment variables that cap every numeric library at `threads` threads."""
+    env = dict(os.environ)
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        env[name] = str(threads)
+    env["XLA_FLAGS"] = (
+        f"--xla_cpu_multi_thread_eigen={'true' if threads > 1 else 'false'} "
+        f"intra_op_parallelism_threads={threads}"
+    )
+    env["JAX_PLATFORMS"] = "cpu"
+    return env
+
+
+def run_child(cmd: list[str], *, threads: int, timeout: float | None = None) -> dict:
+    """Run `cmd`, returning its wall time, exit status and peak resident memory (MiB)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=thread_env(threads))
+    try:
+        _, status, usage = os.wait4(proc.pid, 0)
+    except BaseException:
+        proc.kill()
+        raise
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    elapsed = time.perf_counter() - start
+    if timeout is not None and elapsed > timeout:
+        print(f"warning: {cmd[:3]} took {elapsed:.0f} s (> {timeout:.0f} s)", file=sys.stderr)
+    return {
+        "returncode": proc.returncode,
+        "wall_seconds": elapsed,
+        "peak_rss_mib": usage.ru_maxrss / 1024.0,
+    }
+
+
+def machine() -> dict:
+    """What the benchmark ran on."""
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "date": time.strftime("%Y-%m-%d"),
+    }
+
+
+def write_results(name: str, payload: dict, markdown: str) -> tuple[Path, Path]:
+    """Write ``results/<name>.json`` and ``results/<name>.md``; return both paths."""
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = RESULTS_DIR / f"{name}.json", RESULTS_DIR / f"{name}.md"
+    for path, text in ((json_path, json.dumps(payload, indent=2) + "\n"), (md_path, markdown)):
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
+    return json_path, md_path

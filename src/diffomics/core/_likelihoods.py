@@ -1,0 +1,135 @@
+"""Observation log-likelihoods for counts and continuous measurements.
+
+Plain functions, ``jnp`` in and ``jnp`` out, differentiable in every float argument.
+Operators and analyses build their losses from these; no other module writes the formulas.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+from jax import Array
+from jax.scipy.special import betaln, gammaln
+
+__all__ = [
+    "LIKELIHOODS",
+    "dirichlet_softmax_log_prob",
+    "gaussian_log_prob",
+    "nb_log_prob",
+    "poisson_log_prob",
+]
+
+#: Names accepted by ``likelihood=`` arguments across the package.
+LIKELIHOODS = ("nb", "poisson", "gaussian")
+
+
+def nb_log_prob(x: Array, mu: Array, theta: Array, *, eps: float = 1e-8) -> Array:
+    """Negative-binomial log-likelihood in mean / inverse-dispersion form.
+
+    ``Var[x] = mu + mu**2 / theta``; ``theta -> inf`` recovers the Poisson.
+
+    Args:
+      x: observed counts, shape `(n_obs, n_features)`, values >= 0 (non-integers are
+        accepted and use the gamma-function continuation).
+      mu: mean, broadcastable to `x`, > 0.
+      theta: inverse dispersion, broadcastable to `x` (typically `(n_features,)`), > 0.
+      eps: added inside logarithms so that ``mu = 0`` stays finite.
+
+    Returns:
+      Log-probability per entry in nats, shape of `x`.
+
+    References:
+      Lopez et al., "Deep generative modeling for single-cell transcriptomics",
+      Nature Methods 2018, https://doi.org/10.1038/s41592-018-0229-2.
+      Same quantity as ``scvi.distributions.NegativeBinomial(mu, theta).log_prob``;
+      the binomial coefficient goes through ``betaln`` so that float32 stays within 1e-4
+      nats of float64 for ``theta`` up to 1e5.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> float(nb_log_prob(jnp.array(0.0), jnp.array(1.0), jnp.array(1.0)))  # log(1/2)
+      -0.693...
+    """
+    x, mu, theta = jnp.broadcast_arrays(x, mu, theta)
+    # log C(x + theta - 1, x) through betaln, and log(theta / (theta + mu)) through log1p:
+    # the plain lgamma differences lose ~1e-2 nats in float32 once theta is in the thousands.
+    log_binom = -betaln(theta, x + 1.0) - jnp.log(theta + x)
+    log_theta_mu = jnp.log(theta + mu + eps)
+    return (
+        log_binom - theta * jnp.log1p(mu / (theta + eps)) + x * (jnp.log(mu + eps) - log_theta_mu)
+    )
+
+
+def poisson_log_prob(x: Array, rate: Array, *, eps: float = 1e-8) -> Array:
+    """Poisson log-likelihood.
+
+    Args:
+      x: observed counts, shape `(n_obs, n_features)`, values >= 0.
+      rate: Poisson mean, broadcastable to `x`, >= 0.
+      eps: added inside the logarithm so that ``rate = 0`` stays finite.
+
+    Returns:
+      Log-probability per entry in nats, shape of `x`.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> float(poisson_log_prob(jnp.array(2.0), jnp.array(2.0)))  # log(2**2 e**-2 / 2!)
+      -1.306...
+    """
+    x, rate = jnp.broadcast_arrays(x, rate)
+    return x * jnp.log(rate + eps) - rate - gammaln(x + 1.0)
+
+
+def gaussian_log_prob(x: Array, mean: Array, scale: Array) -> Array:
+    """Normal log-density, for measurements that are already normalised (not counts).
+
+    Args:
+      x: observations, shape `(n_obs, n_features)`.
+      mean: broadcastable to `x`.
+      scale: standard deviation, broadcastable to `x`, > 0.
+
+    Returns:
+      Log-density per entry in nats, shape of `x`.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> float(gaussian_log_prob(jnp.array(0.0), jnp.array(0.0), jnp.array(1.0)))
+      -0.918...
+    """
+    x, mean, scale = jnp.broadcast_arrays(x, mean, scale)
+    z = (x - mean) / scale
+    return -0.5 * z**2 - jnp.log(scale) - 0.5 * jnp.log(2.0 * jnp.pi)
+
+
+def dirichlet_softmax_log_prob(log_p: Array, log_mean: Array, concentration: Array) -> Array:
+    """Dirichlet log-density of proportions, in the softmax (logit) basis.
+
+    For ``p = softmax(z)`` and ``p ~ Dirichlet(concentration * mean)``, the density of the
+    logits ``z`` (with the Jacobian of the softmax) is
+    ``Gamma(a0) / prod_k Gamma(a_k) * prod_k p_k ** a_k`` with ``a = concentration * mean`` and
+    ``a0 = concentration``. Unlike the density on the simplex it is bounded for any
+    ``a_k > 0`` and is maximal at ``p = mean``, so a maximum a posteriori fit in logits is
+    well posed and shrinks each ``p`` towards ``mean`` by ``concentration`` pseudo-counts.
+    The normalising constant is kept, so `log_mean` can be estimated from many ``p`` (empirical
+    Bayes) without collapsing onto one category.
+
+    Args:
+      log_p: log-proportions, shape `(..., n_categories)`, rows log-normalised.
+      log_mean: log of the prior mean composition, shape `(n_categories,)`, log-normalised.
+      concentration: total pseudo-count ``a0``, scalar > 0.
+
+    Returns:
+      Log-density per row in nats, shape `log_p.shape[:-1]`.
+
+    References:
+      MacKay, "Choice of basis for Laplace approximation", Machine Learning 33:77 (1998),
+      https://doi.org/10.1023/A:1007558615313.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> uniform = jnp.log(jnp.full(2, 0.5))
+      >>> float(dirichlet_softmax_log_prob(uniform, uniform, 2.0))  # log(Gamma(2) / 4)
+      -1.386...
+    """
+    alpha = concentration * jnp.exp(log_mean)
+    log_norm = gammaln(concentration) - jnp.sum(gammaln(alpha), axis=-1)
+    return log_norm + jnp.sum(jnp.broadcast_to(alpha, log_p.shape) * log_p, axis=-1)

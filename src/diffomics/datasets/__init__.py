@@ -1,0 +1,10 @@
+"""Small real datasets bundled with diffomics, with provenance and checksums."""
+
+from diffomics.datasets._readers import osmfish as osmfish
+from diffomics.datasets._readers import provenance as provenance
+from diffomics.datasets._readers import seqfish_cortex as seqfish_cortex
+from diffomics.datasets._registry import DATA_DIR as DATA_DIR
+from diffomics.datasets._registry import DATASETS as DATASETS
+from diffomics.datasets._registry import DatasetInfo as DatasetInfo
+
+__all__ = ["DATASETS", "DATA_DIR", "DatasetInfo", "osmfish", "provenance", "seqfish_cortex"]

@@ -1,0 +1,190 @@
+"""Readers of the small real datasets bundled with diffomics (files in ``datasets/data``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+from diffomics.core._errors import DataIntegrityError
+from diffomics.datasets._registry import DATASETS, verify_checksums
+
+__all__ = ["osmfish", "provenance", "seqfish_cortex"]
+
+
+def _read_gene_matrix(path: Path) -> tuple[list[str], np.ndarray]:
+    """Read a headerless genes x cells table (gene name in column 0) as cells x genes."""
+    table = pd.read_csv(path, sep="\t", header=None, index_col=0)
+    return table.index.astype(str).tolist(), table.to_numpy(np.float32).T
+
+
+def _read_seqfish_cortex(folder: Path) -> tuple[ad.AnnData, ad.AnnData]:
+    """Read the Zhu 2018 seqFISH cortex cells and the matched Tasic 2016 scRNA-seq reference.
+
+    Args:
+      folder: directory with the files listed in its ``SOURCE.md``.
+
+    Returns:
+      ``(spatial, reference)``. ``spatial``: 1,597 cells x 113 genes, ``X`` on the
+      cross-platform normalised 0-101 scale (float32, not counts), ``obs["cell_type"]``,
+      ``obs["domain"]`` (HMRF spatial domain), ``obsm["spatial"]`` (x, y in image units).
+      ``reference``: 1,723 cells x the same genes, same scale, ``obs["cell_type"]`` and
+      ``obs["layer"]`` (dissection tag).
+    """
+    genes, x = _read_gene_matrix(folder / "seqfish_cortex_b2_testing.txt.gz")
+    labels = pd.read_csv(folder / "seqfish_labels.tsv", sep="\t", header=None)
+    coords = pd.read_csv(folder / "fcortex.coordinates.txt", sep=" ", header=None)
+    ref_genes, ref_x = _read_gene_matrix(folder / "tasic_training_b2.txt.gz")
+    ref_labels = pd.read_csv(folder / "tasic_labels.tsv", sep="\t", header=None)
+    if ref_genes != genes or len(labels) != x.shape[0] or len(ref_labels) != ref_x.shape[0]:
+        msg = f"{folder}: seqFISH and Tasic tables disagree on genes or cell counts."
+        raise DataIntegrityError(msg)
+    names = [f"cell_{i}" for i in labels[0]]
+    spatial = ad.AnnData(
+        x,
+        obs=pd.DataFrame(
+            {"cell_type": labels[2].to_numpy(), "domain": labels[1].astype(str).to_numpy()},
+            index=names,
+        ),
+        var=pd.DataFrame(index=genes),
+    )
+    spatial.obsm["spatial"] = coords[[2, 3]].to_numpy(np.float64)
+    reference = ad.AnnData(
+        ref_x,
+        obs=pd.DataFrame(
+            {"cell_type": ref_labels[0].to_numpy(), "layer": ref_labels[2].to_numpy()},
+            index=ref_labels[1].astype(str).to_numpy(),
+        ),
+        var=pd.DataFrame(index=genes),
+    )
+    return spatial, reference
+
+
+def _read_osmfish(folder: Path) -> ad.AnnData:
+    """Read the Codeluppi 2018 osmFISH somatosensory cortex cells with their clusters.
+
+    Cells the authors marked ``Excluded`` are left out; their number is recorded in
+    ``uns["n_cells_excluded"]``.
+
+    Args:
+      folder: directory with the files listed in its ``SOURCE.md``.
+
+    Returns:
+      AnnData, 4,839 cells x 33 genes, ``X`` raw molecule counts (float32),
+      ``obs["cell_type"]`` (ClusterName), ``obs["region"]``, ``obsm["spatial"]`` (pixels).
+    """
+    expr = pd.read_csv(folder / "osmFISH_prep_expression.txt.gz", sep="\t")
+    coords = pd.read_csv(folder / "osmFISH_prep_cell_coordinates.txt.gz", sep="\t", index_col=0)
+    meta = pd.read_csv(folder / "osmFISH_prep_cell_metadata.txt.gz", sep="\t", index_col=0)
+    cells = expr.columns.astype(str)
+    missing = cells.difference(meta.index)
+    if len(missing):
+        msg = f"{folder}: {len(missing)} cells with expression have no metadata."
+        raise DataIntegrityError(msg)
+    meta, coords = meta.loc[cells], coords.loc[cells]
+    keep = (meta["ClusterName"] != "Excluded").to_numpy()
+    adata = ad.AnnData(
+        expr.to_numpy(np.float32).T[keep],
+        obs=pd.DataFrame(
+            {
+                "cell_type": meta["ClusterName"].to_numpy()[keep],
+                "region": meta["Region"].to_numpy()[keep],
+            },
+            index=cells[keep],
+        ),
+        var=pd.DataFrame(index=expr.index.astype(str)),
+    )
+    adata.obsm["spatial"] = coords[["X", "Y"]].to_numpy(np.float64)[keep]
+    adata.uns["n_cells_excluded"] = int((~keep).sum())
+    return adata
+
+
+def provenance(name: str, folder: Path | None = None, *, verify: bool = True) -> dict:
+    """Provenance record of a bundled dataset, with the sha256 of each file.
+
+    Args:
+      name: a key of `diffomics.datasets.DATASETS`.
+      folder: where the files are; None uses the copy inside the package.
+      verify: check each file against the committed ``SHA256SUMS`` manifest.
+
+    Returns:
+      Dict with ``dataset_name``, ``title``, ``publications``, ``origin``, ``license``,
+      ``modalities``, ``value_scale``, ``source_path`` and ``sha256`` (file name -> digest).
+
+    Raises:
+      DataIntegrityError: a file is missing or its digest differs from the manifest.
+
+    Examples:
+      >>> provenance("osmfish_sscortex_codeluppi2018")["modalities"]
+      ['rna', 'spatial']
+    """
+    info = DATASETS[name]
+    folder = info.folder if folder is None else Path(folder)
+    digests = verify_checksums(folder) if verify else {}
+    return {
+        "dataset_name": info.name,
+        "title": info.title,
+        "publications": list(info.publications),
+        "origin": info.origin,
+        "license": info.license,
+        "modalities": list(info.modalities),
+        "value_scale": info.value_scale,
+        "source_path": str(folder),
+        "sha256": digests,
+    }
+
+
+def seqfish_cortex(
+    folder: Path | None = None, *, verify: bool = True
+) -> tuple[ad.AnnData, ad.AnnData]:
+    """The Zhu 2018 seqFISH cortex cells and the matched Tasic 2016 scRNA-seq reference.
+
+    Both hold the same 113 genes on one cross-platform normalised 0-101 scale (not counts).
+    Each AnnData records the dataset's provenance in ``uns["provenance"]``.
+
+    Args:
+      folder: folder with the files; None uses the copy bundled with diffomics.
+      verify: check file checksums first.
+
+    Returns:
+      ``(spatial, reference)``. ``spatial``: 1,597 cells x 113 genes, ``X`` float32 on the
+      0-101 scale, ``obs["cell_type"]`` (8 classes), ``obs["domain"]`` (HMRF spatial domain),
+      ``obsm["spatial"]`` (x, y in image units, float64). ``reference``: 1,723 cells x the
+      same genes, ``obs["cell_type"]`` and ``obs["layer"]`` (dissection tag).
+
+    Examples:
+      >>> spatial, reference = seqfish_cortex()
+      >>> spatial.shape, reference.shape
+      ((1597, 113), (1723, 113))
+    """
+    name = "seqfish_cortex_zhu2018"
+    record = provenance(name, folder, verify=verify)
+    spatial, reference = _read_seqfish_cortex(Path(record["source_path"]))
+    spatial.uns["provenance"] = record
+    reference.uns["provenance"] = record
+    return spatial, reference
+
+
+def osmfish(folder: Path | None = None, *, verify: bool = True) -> ad.AnnData:
+    """The Codeluppi 2018 osmFISH somatosensory cortex cells (raw molecule counts).
+
+    Args:
+      folder: folder with the files; None uses the copy bundled with diffomics.
+      verify: check file checksums first.
+
+    Returns:
+      AnnData, 4,839 cells x 33 genes; see `_read_osmfish` for the fields. Provenance in
+      ``uns["provenance"]``; the number of cells the authors excluded in
+      ``uns["n_cells_excluded"]``.
+
+    Examples:
+      >>> osmfish().shape
+      (4839, 33)
+    """
+    name = "osmfish_sscortex_codeluppi2018"
+    record = provenance(name, folder, verify=verify)
+    adata = _read_osmfish(Path(record["source_path"]))
+    adata.uns["provenance"] = record
+    return adata

@@ -1,0 +1,120 @@
+"""What each bundled dataset is and where it came from (its provenance record)."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from pathlib import Path
+
+from diffomics.core._errors import DataIntegrityError
+
+__all__ = ["DATASETS", "DATA_DIR", "DatasetInfo", "sha256", "verify_checksums"]
+
+#: Folder of the bundled datasets, one sub-folder per dataset with ``SOURCE.md`` and ``SHA256SUMS``.
+DATA_DIR = Path(__file__).parent / "data"
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    """Provenance of one bundled dataset.
+
+    Attributes:
+      name: short identifier, also the folder name under `DATA_DIR`.
+      title: one-line description.
+      publications: citations with DOIs of the papers that produced the data.
+      origin: repository (and commit) or URL the bundled copies were taken from.
+      license: licence of the copies.
+      modalities: measured modalities, e.g. ``("rna", "spatial")``.
+      value_scale: what the expression values are (``"counts"`` or a description of the
+        normalisation), so likelihoods can be chosen honestly.
+    """
+
+    name: str
+    title: str
+    publications: tuple[str, ...]
+    origin: str
+    license: str
+    modalities: tuple[str, ...]
+    value_scale: str
+
+    @property
+    def folder(self) -> Path:
+        """Folder holding the files (inside the installed package)."""
+        return DATA_DIR / self.name
+
+
+DATASETS: dict[str, DatasetInfo] = {
+    info.name: info
+    for info in (
+        DatasetInfo(
+            name="seqfish_cortex_zhu2018",
+            title="seqFISH mouse visual cortex (1,597 cells, 113 genes) with its matched "
+            "Tasic 2016 scRNA-seq reference (1,723 cells)",
+            publications=(
+                "Zhu, Shah, Dries, Cai & Yuan, 'Identification of spatially associated "
+                "subpopulations by combining scRNAseq and sequential fluorescence in situ "
+                "hybridization data', Nat. Biotechnol. 36:1183 (2018), "
+                "https://doi.org/10.1038/nbt.4260",
+                "Tasic et al., 'Adult mouse cortical cell taxonomy revealed by single cell "
+                "transcriptomics', Nat. Neurosci. 19:335 (2016), "
+                "https://doi.org/10.1038/nn.4216 (GEO GSE71585)",
+            ),
+            origin="https://github.com/singha53-zz/ssenet @b73f7e63, inst/extdata/",
+            license="MIT (package); underlying data public",
+            modalities=("rna", "spatial"),
+            value_scale="cross-platform normalised (bias-corrected, quantile-normalised) "
+            "values 0-101, not counts",
+        ),
+        DatasetInfo(
+            name="osmfish_sscortex_codeluppi2018",
+            title="osmFISH mouse somatosensory cortex (4,839 labelled cells, 33 genes)",
+            publications=(
+                "Codeluppi et al., 'Spatial organization of the somatosensory cortex revealed "
+                "by osmFISH', Nat. Methods 15:932 (2018), "
+                "https://doi.org/10.1038/s41592-018-0175-z",
+            ),
+            origin="https://github.com/drieslab/spatial-datasets @12a495fe, "
+            "data/2018_osmFISH_SScortex/",
+            license="MIT (c) 2019 Ruben Dries",
+            modalities=("rna", "spatial"),
+            value_scale="counts (molecules per cell)",
+        ),
+    )
+}
+
+
+def sha256(path: Path) -> str:
+    """Hex SHA-256 digest of a file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_checksums(folder: Path) -> dict[str, str]:
+    """Check every file listed in ``folder/SHA256SUMS`` and return ``{file name: sha256}``.
+
+    Raises:
+      DataIntegrityError: the manifest is missing, a file is missing, or a digest differs.
+    """
+    manifest = folder / "SHA256SUMS"
+    if not manifest.is_file():
+        msg = f"{folder} has no SHA256SUMS manifest; the dataset folder is incomplete."
+        raise DataIntegrityError(msg)
+    found = {}
+    for line in manifest.read_text().splitlines():
+        expected, name = line.split()
+        path = folder / name
+        if not path.is_file():
+            msg = f"{path} is listed in SHA256SUMS but missing; reinstall diffomics."
+            raise DataIntegrityError(msg)
+        digest = sha256(path)
+        if digest != expected:
+            msg = (
+                f"{path} has sha256 {digest}, expected {expected}; the file was modified or "
+                "truncated. Reinstall diffomics or restore the file."
+            )
+            raise DataIntegrityError(msg)
+        found[name] = digest
+    return found

@@ -1,0 +1,5 @@
+"""Plotting: matplotlib figures of what the analyses wrote."""
+
+from diffomics.plotting._spatial import proportions_on_tissue as proportions_on_tissue
+
+__all__ = ["proportions_on_tissue"]

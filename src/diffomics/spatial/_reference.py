@@ -1,0 +1,143 @@
+"""Reference profiles from a labelled single-cell AnnData, and gene matching by name."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from diffomics.core._checks import check_counts
+from diffomics.core._errors import GeneMatchError, MissingKeyError
+
+__all__ = ["dense_layer", "match_genes", "reference_profiles"]
+
+
+def dense_layer(adata: ad.AnnData, layer: str | None, *, name: str) -> np.ndarray:
+    """``adata.X`` or ``adata.layers[layer]`` as a dense float32 array (obs x vars)."""
+    if layer is not None and layer not in adata.layers:
+        msg = f"{name}.layers has no {layer!r}; found {list(adata.layers)}. Pass layer=None for X."
+        raise MissingKeyError(msg)
+    x = adata.X if layer is None else adata.layers[layer]
+    x = x.toarray() if sp.issparse(x) else np.asarray(x)
+    return x.astype(np.float32)
+
+
+def _check_unique(names: pd.Index, name: str) -> None:
+    dup = names[names.duplicated()]
+    if len(dup):
+        msg = (
+            f"{name} has {len(dup)} duplicated gene name(s), e.g. {list(dup[:3])}; "
+            "make them unique first (AnnData.var_names_make_unique)."
+        )
+        raise GeneMatchError(msg)
+
+
+def match_genes(
+    spatial_genes: Sequence[str], reference_genes: Sequence[str]
+) -> tuple[list[str], dict[str, int]]:
+    """Genes shared by two datasets, in the spatial data's order.
+
+    Args:
+      spatial_genes: gene names of the spatial data.
+      reference_genes: gene names of the reference.
+
+    Returns:
+      ``(shared, report)``: the shared names and a report with the number of genes
+      ``n_shared``, ``n_dropped_spatial`` and ``n_dropped_reference``.
+
+    Raises:
+      GeneMatchError: no gene is shared, or a list holds duplicated names.
+
+    Examples:
+      >>> match_genes(["a", "b", "c"], ["c", "a", "z"])
+      (['a', 'c'], {'n_shared': 2, 'n_dropped_spatial': 1, 'n_dropped_reference': 1})
+    """
+    s, r = pd.Index(spatial_genes), pd.Index(reference_genes)
+    _check_unique(s, "spatial var_names")
+    _check_unique(r, "reference var_names")
+    shared = s[s.isin(r)].tolist()
+    if not shared:
+        msg = (
+            f"spatial and reference share no gene names (spatial e.g. {s[:3].tolist()}, "
+            f"reference e.g. {r[:3].tolist()}). Use the same identifiers (symbols or Ensembl IDs) "
+            "and case in both."
+        )
+        raise GeneMatchError(msg)
+    report = {
+        "n_shared": len(shared),
+        "n_dropped_spatial": len(s) - len(shared),
+        "n_dropped_reference": len(r) - len(shared),
+    }
+    return shared, report
+
+
+def reference_profiles(
+    reference: ad.AnnData,
+    labels_key: str,
+    *,
+    layer: str | None = None,
+    library_normalize: bool = True,
+) -> pd.DataFrame:
+    """Mean expression profile of each cell type in a labelled single-cell reference.
+
+    With `library_normalize`, each cell is first scaled to the median library size of the
+    reference (``x_c * median_total / total_c``), so the profile of a type is its mean
+    composition at a common depth; without it, the profile is the mean raw counts per cell,
+    which keeps the differences in RNA content between types (cell2location's signatures are
+    in these units). Cells whose total is 0 are left out and reported with a warning.
+
+    Args:
+      reference: single-cell AnnData, cells x genes, counts in `layer` (or ``X``).
+      labels_key: column of ``reference.obs`` holding the cell-type labels.
+      layer: layer with counts; None uses ``X``.
+      library_normalize: scale cells to the median library size before averaging.
+
+    Returns:
+      DataFrame, cell types (sorted label order) x genes (``reference.var_names``), >= 0.
+
+    Raises:
+      MissingKeyError: `labels_key` is not in ``reference.obs``, or `layer` is missing.
+      NonFiniteError, CountsError: bad values in the counts.
+
+    Examples:
+      >>> import anndata as ad, numpy as np, pandas as pd
+      >>> ref = ad.AnnData(np.array([[2.0, 0.0], [4.0, 0.0], [0.0, 3.0]]),
+      ...                  obs=pd.DataFrame({"type": ["A", "A", "B"]}, index=["c1", "c2", "c3"]))
+      >>> reference_profiles(ref, "type", library_normalize=False)
+              0    1
+      type
+      A     3.0  0.0
+      B     0.0  3.0
+    """
+    if labels_key not in reference.obs:
+        msg = f"reference.obs has no column {labels_key!r}; found {list(reference.obs.columns)}."
+        raise MissingKeyError(msg)
+    labels = reference.obs[labels_key]
+    if labels.isna().any():
+        msg = (
+            f"reference.obs[{labels_key!r}] has {int(labels.isna().sum())} missing label(s); "
+            "drop those cells or label them."
+        )
+        raise MissingKeyError(msg)
+    x = dense_layer(reference, layer, name="reference")
+    check_counts(x, "reference counts", row_name="cell", allow_empty_rows=True)
+    totals = x.sum(axis=1)
+    keep = totals > 0
+    if not keep.all():
+        warnings.warn(
+            f"reference: left out {int((~keep).sum())} cell(s) with zero counts over "
+            f"the {x.shape[1]} genes used.",
+            stacklevel=2,
+        )
+    x, totals, labels = x[keep], totals[keep], labels.to_numpy()[keep]
+    if library_normalize:
+        x = x * (np.median(totals) / totals)[:, None]
+    frame = pd.DataFrame(x, columns=reference.var_names)
+    profiles = frame.groupby(pd.Categorical(labels, ordered=False), observed=True).mean()
+    profiles.index = profiles.index.astype(str).rename(labels_key)
+    profiles.columns = profiles.columns.rename(None)
+    return profiles.sort_index()

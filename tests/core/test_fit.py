@@ -1,0 +1,80 @@
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from diffomics import ConfigError
+from diffomics.core import fit
+
+
+class Point(nnx.Module):
+    def __init__(self, start, fixed=0.0):
+        self.xy = nnx.Param(jnp.asarray(start, jnp.float32))
+        self.other = nnx.Param(jnp.asarray(fixed, jnp.float32))
+
+
+def rosenbrock(m):
+    x, y = m.xy[...][0], m.xy[...][1]
+    return (1.0 - x) ** 2 + 100.0 * (y - x**2) ** 2
+
+
+def test_reaches_parabola_minimum():
+    m = Point([3.0, -2.0])
+    result = fit(
+        m,
+        lambda m, c: jnp.sum((m.xy[...] - c) ** 2),
+        (jnp.array([0.5, 1.5]),),
+        learning_rate=0.1,
+        max_steps=2000,
+        tol=1e-7,
+    )
+    np.testing.assert_allclose(m.xy[...], [0.5, 1.5], atol=1e-3)
+    assert result.history[-1] < 1e-5
+    assert result.n_steps == len(result.history) <= 2000
+
+
+def test_reaches_rosenbrock_minimum():
+    m = Point([-1.0, 1.0])
+    fit(m, rosenbrock, learning_rate=0.02, max_steps=20000, tol=0.0, patience=1000)
+    np.testing.assert_allclose(m.xy[...], [1.0, 1.0], atol=2e-2)
+
+
+def test_early_stopping_flags_convergence():
+    m = Point([1.0, 1.0])
+    result = fit(m, lambda m: jnp.sum(m.xy[...] ** 2), learning_rate=0.05, max_steps=50000)
+    assert result.converged
+    assert result.n_steps < 50000
+
+
+def test_wrt_filter_holds_other_parameters_fixed():
+    m = Point([1.0, 1.0], fixed=3.0)
+    fit(
+        m,
+        lambda m: jnp.sum(m.xy[...] ** 2) + m.other[...] ** 2,
+        max_steps=200,
+        wrt=nnx.PathContains("xy"),
+    )
+    assert float(m.other[...]) == 3.0
+    assert float(jnp.abs(m.xy[...]).max()) < 0.5
+
+
+def test_same_inputs_same_numbers():
+    a, b = Point([2.0, -1.0]), Point([2.0, -1.0])
+    ra = fit(a, rosenbrock, max_steps=300)
+    rb = fit(b, rosenbrock, max_steps=300)
+    np.testing.assert_array_equal(ra.history, rb.history)
+    np.testing.assert_array_equal(a.xy[...], b.xy[...])
+
+
+def test_non_finite_loss_raises():
+    m = Point([1.0, 1.0])
+    with pytest.raises(ConfigError, match="non-finite"):
+        fit(m, lambda m: jnp.log(-jnp.sum(m.xy[...] ** 2)), max_steps=100)
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"learning_rate": 0.0}, {"max_steps": 0}, {"steps_per_check": 0}]
+)
+def test_bad_settings_raise(kwargs):
+    with pytest.raises(ConfigError):
+        fit(Point([1.0, 1.0]), rosenbrock, **kwargs)

@@ -1,0 +1,177 @@
+"""The deconvolution analysis on planted truth (tests/spatial/simulate.py) and on real data."""
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.optimize import nnls
+
+from diffomics import CountsError, GeneMatchError, MissingKeyError, NonFiniteError
+from diffomics.spatial import deconvolve, proportion_metrics, reference_profiles
+
+from .simulate import simulate
+
+
+def _nnls(spatial, reference):
+    prof = reference_profiles(reference, "cell_type")
+    w = np.array([nnls(prof.to_numpy().T, x)[0] for x in np.asarray(spatial.X)])
+    return pd.DataFrame(w / w.sum(1, keepdims=True), index=spatial.obs_names, columns=prof.index)
+
+
+@pytest.fixture(scope="module")
+def planted():
+    return simulate(seed=1)
+
+
+@pytest.fixture(scope="module")
+def fitted(planted):
+    spatial, reference = planted
+    spatial = spatial.copy()
+    return spatial, deconvolve(spatial, reference, "cell_type", progress=False)
+
+
+def test_recovers_planted_proportions(planted, fitted):
+    spatial, result = fitted
+    m = proportion_metrics(spatial.obsm["proportions_true"], result.proportions)
+    assert m["rmse"] < 0.02
+    assert m["jsd"] < 0.005
+    assert m["pearson_type"] > 0.99
+
+
+def test_result_layout_and_anndata_fields(planted, fitted):
+    spatial, result = fitted
+    props = result.proportions
+    assert list(props.index) == list(spatial.obs_names)
+    assert list(props.columns) == [f"type_{k}" for k in range(5)]
+    np.testing.assert_allclose(props.sum(axis=1), 1.0, atol=1e-6)
+    assert (props.to_numpy() >= 0).all()
+    pd.testing.assert_frame_equal(spatial.obsm["proportions"], props)
+    assert spatial.uns["proportions"]["genes"]["n_shared"] == 150
+    assert spatial.uns["proportions"]["params"]["likelihood"] == "nb"
+    # the spot scale is the number of pooled cells in reference-cell units (2 to 12 here)
+    assert 1.0 < float(np.median(spatial.obs["proportions_scale"])) < 13.0
+
+
+def test_platform_effect_is_recovered_and_corrected():
+    spatial, reference = simulate(platform_sd=0.4, seed=2)
+    truth = spatial.obsm["proportions_true"]
+    result = deconvolve(spatial, reference, "cell_type", progress=False)
+    r = np.corrcoef(np.log(result.platform_effect), np.log(spatial.uns["platform_effect_true"]))
+    assert r[0, 1] > 0.9
+    ours = proportion_metrics(truth, result.proportions)
+    baseline = proportion_metrics(truth, _nnls(spatial, reference))
+    assert ours["rmse"] < 0.7 * baseline["rmse"]
+
+
+@pytest.mark.parametrize("likelihood", ["poisson", "gaussian"])
+def test_other_likelihoods_recover_truth(likelihood):
+    spatial, reference = simulate(likelihood="poisson", n_spots=120, seed=3)
+    result = deconvolve(spatial, reference, "cell_type", likelihood=likelihood, progress=False)
+    m = proportion_metrics(spatial.obsm["proportions_true"], result.proportions)
+    assert m["rmse"] < 0.03
+
+
+def test_amortized_encoder_deconvolves_new_spots():
+    spatial, reference = simulate(n_spots=300, seed=4)
+    train, test = spatial[:240].copy(), spatial[240:].copy()
+    result = deconvolve(
+        train, reference, "cell_type", mode="amortized", progress=False, max_steps=6000
+    )
+    from diffomics.operators import DECONVOLUTION_KEYS as K
+
+    genes = list(result.reference_profiles.columns)
+    out, _, _ = result.model.apply(
+        {
+            K.SPATIAL_EXPRESSION: np.asarray(test[:, genes].X),
+            K.REFERENCE_PROFILES: result.reference_profiles.to_numpy(np.float32),
+        },
+        {},
+        None,
+    )
+    predicted = pd.DataFrame(
+        np.asarray(out[K.PROPORTIONS]), index=test.obs_names, columns=result.proportions.columns
+    )
+    assert proportion_metrics(test.obsm["proportions_true"], predicted)["rmse"] < 0.08
+
+
+def test_spatial_prior_helps_smooth_tissue_at_low_depth():
+    side = 16
+    xy = np.stack(np.meshgrid(np.arange(side), np.arange(side)), -1).reshape(-1, 2).astype(float)
+    share = 0.15 + 0.7 * (xy[:, 0] / (side - 1))
+    props = np.stack([share, 1.0 - share], axis=1)
+    spatial, reference = simulate(
+        n_types=2, n_genes=40, depth=0.5, proportions=props, coords=xy, seed=5
+    )
+    truth = spatial.obsm["proportions_true"]
+    plain = deconvolve(spatial.copy(), reference, "cell_type", progress=False)
+    smooth = deconvolve(spatial.copy(), reference, "cell_type", spatial_prior=5.0, progress=False)
+    assert (
+        proportion_metrics(truth, smooth.proportions)["rmse"]
+        < 0.8 * proportion_metrics(truth, plain.proportions)["rmse"]
+    )
+
+
+def test_genes_are_matched_by_name(planted, fitted):
+    spatial, reference = planted
+    _, result = fitted
+    rng = np.random.default_rng(0)
+    order = rng.permutation(reference.n_vars)
+    extra_ref = ad.AnnData(
+        np.ones((reference.n_obs, 7), np.float32),
+        obs=reference.obs,
+        var=pd.DataFrame(index=[f"ref_only_{i}" for i in range(7)]),
+    )
+    shuffled = ad.concat([reference[:, order], extra_ref], axis=1, merge="first")
+    extra_sp = ad.AnnData(
+        np.ones((spatial.n_obs, 3), np.float32),
+        obs=spatial.obs,
+        var=pd.DataFrame(index=[f"sp_only_{i}" for i in range(3)]),
+    )
+    wider = ad.concat([extra_sp, spatial], axis=1, merge="first")
+    matched = deconvolve(wider, shuffled, "cell_type", progress=False)
+    assert matched.genes == {"n_shared": 150, "n_dropped_spatial": 3, "n_dropped_reference": 7}
+    np.testing.assert_allclose(matched.proportions, result.proportions, atol=1e-4)
+
+
+def test_same_seed_same_numbers_and_seed_matters_for_the_encoder():
+    spatial, reference = simulate(n_spots=60, n_genes=40, seed=6)
+    runs = [
+        deconvolve(
+            spatial.copy(),
+            reference,
+            "cell_type",
+            mode="amortized",
+            seed=s,
+            progress=False,
+            max_steps=300,
+        )
+        for s in (0, 0, 1)
+    ]
+    np.testing.assert_array_equal(runs[0].proportions, runs[1].proportions)
+    assert np.abs(runs[0].proportions.to_numpy() - runs[2].proportions.to_numpy()).max() > 1e-6
+
+
+def test_bad_inputs_raise_clear_errors(planted):
+    spatial, reference = planted
+    renamed = reference.copy()
+    renamed.var_names = [f"x{i}" for i in range(renamed.n_vars)]
+    with pytest.raises(GeneMatchError, match="share no gene"):
+        deconvolve(spatial, renamed, "cell_type")
+    with pytest.raises(MissingKeyError, match="nope"):
+        deconvolve(spatial, reference, "nope")
+    bad = spatial.copy()
+    bad.X[0, 0] = -1.0
+    with pytest.raises(CountsError, match="non-negative"):
+        deconvolve(bad, reference, "cell_type")
+    bad = spatial.copy()
+    bad.X[3, 2] = np.nan
+    with pytest.raises(NonFiniteError, match="NaN"):
+        deconvolve(bad, reference, "cell_type")
+    bad = spatial.copy()
+    bad.X[5] = 0.0
+    with pytest.raises(CountsError, match="zero total"):
+        deconvolve(bad, reference, "cell_type")
+    bad = spatial.copy()
+    del bad.obsm["spatial"]
+    with pytest.raises(MissingKeyError, match="obsm"):
+        deconvolve(bad, reference, "cell_type", spatial_prior=1.0)

@@ -1,0 +1,63 @@
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+
+from diffomics.cli import main
+
+from .spatial.simulate import simulate
+
+
+def test_demo_writes_its_outputs(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "pseudo-spots" in printed and "RMSE" in printed
+    adata = ad.read_h5ad(out / "seqfish_pseudospots.h5ad")
+    props = adata.obsm["proportions"]
+    np.testing.assert_allclose(np.asarray(props).sum(1), 1.0, atol=1e-5)
+    table = pd.read_csv(out / "proportions.tsv", sep="\t", index_col=0)
+    assert table.shape == (adata.n_obs, 8)
+    png = (out / "proportions_on_tissue.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    assert adata.uns["provenance"]["dataset_name"] == "seqfish_cortex_zhu2018"
+    assert not list(out.glob(".*"))  # no temporary files left behind
+
+
+def test_deconvolve_command(tmp_path, capsys):
+    spatial, reference = simulate(n_spots=40, n_genes=30, seed=0)
+    spatial.obsm["proportions_true"] = spatial.obsm["proportions_true"].copy()
+    spatial.write_h5ad(tmp_path / "spots.h5ad")
+    reference.write_h5ad(tmp_path / "ref.h5ad")
+    code = main(
+        [
+            "deconvolve",
+            str(tmp_path / "spots.h5ad"),
+            str(tmp_path / "ref.h5ad"),
+            "--labels",
+            "cell_type",
+            "--likelihood",
+            "poisson",
+            "--out",
+            str(tmp_path / "o"),
+        ]
+    )
+    assert code == 0
+    assert (tmp_path / "o" / "spots.deconvolved.h5ad").is_file()
+    assert "wrote" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["deconvolve", "missing.h5ad", "ref.h5ad", "--labels", "t"], "no such file"),
+        (["deconvolve", "{spots}", "{spots}", "--labels", "nope"], "nope"),
+    ],
+)
+def test_user_errors_are_one_line(tmp_path, capsys, args, message):
+    spatial, _ = simulate(n_spots=10, n_genes=10, seed=0)
+    spatial.write_h5ad(tmp_path / "spots.h5ad")
+    args = [a.format(spots=tmp_path / "spots.h5ad") for a in args]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
