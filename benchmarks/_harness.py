@@ -1,7 +1,8 @@
 """Shared benchmark plumbing: thread pinning, child processes with peak memory, result files.
 
 Every method runs in its own child process so that its peak resident memory is its own, and
-every child gets the same thread limits (OpenMP, OpenBLAS, MKL, XLA, torch).
+every child gets the same thread limits (OpenMP, OpenBLAS, MKL, XLA) and is pinned to the same
+`threads` CPUs, which also bounds the thread pools that no variable sizes (XLA's, torch's).
 """
 
 from __future__ import annotations
@@ -30,10 +31,18 @@ def thread_env(threads: int) -> dict[str, str]:
     return env
 
 
+def pinned_cpus(threads: int) -> list[int]:
+    """The first `threads` CPUs this process may run on (every child gets the same ones)."""
+    return sorted(os.sched_getaffinity(0))[:threads]
+
+
 def run_child(cmd: list[str], *, threads: int, timeout: float | None = None) -> dict:
-    """Run `cmd`, returning its wall time, exit status and peak resident memory (MiB)."""
+    """Run `cmd` on `pinned_cpus`; return its wall time, exit status and peak memory (MiB)."""
+    cpus = pinned_cpus(threads)
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=thread_env(threads))
+    proc = subprocess.Popen(
+        cmd, env=thread_env(threads), preexec_fn=lambda: os.sched_setaffinity(0, cpus)
+    )
     try:
         _, status, usage = os.wait4(proc.pid, 0)
     except BaseException:
@@ -57,6 +66,7 @@ def machine() -> dict:
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
+        "cpus_available": len(os.sched_getaffinity(0)),
         "date": time.strftime("%Y-%m-%d"),
     }
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _harness import machine, run_child, write_results  # noqa: E402
+from _harness import RESULTS_DIR, machine, pinned_cpus, run_child, write_results  # noqa: E402
 
 SEED = 0
 DATASETS = {
@@ -45,27 +45,18 @@ PEERS = ("floor", "nnls", "nnls (per-cell profiles)", "cell2location", "diffbio 
 LABELS = "cell_type"
 
 
-def split_reference(cells, fraction: float, seed: int):
-    """Split cells into a reference (`fraction` of each type) and the rest, disjoint."""
-    rng = np.random.default_rng(seed)
-    is_ref = np.zeros(cells.n_obs, dtype=bool)
-    for label in sorted(set(cells.obs[LABELS])):
-        idx = np.flatnonzero(cells.obs[LABELS].to_numpy() == label)
-        chosen = rng.choice(idx, size=int(np.ceil(fraction * idx.size)), replace=False)
-        is_ref[chosen] = True
-    return cells[is_ref].copy(), cells[~is_ref].copy()
-
-
 def prepare(name: str, folder: Path) -> dict:
     """Write the pseudo-spots and the reference of dataset `name` to `folder`."""
     from diffomics.datasets import osmfish, seqfish_cortex
-    from diffomics.spatial import pool_pseudo_spots
+    from diffomics.spatial import pool_pseudo_spots, split_cells
 
     settings = DATASETS[name]
     if name == "seqfish_cortex":
         cells, reference = seqfish_cortex()
     else:
-        reference, cells = split_reference(osmfish(), settings["reference_fraction"], SEED)
+        reference, cells = split_cells(
+            osmfish(), LABELS, fraction=settings["reference_fraction"], seed=SEED
+        )
     spots = pool_pseudo_spots(cells, LABELS, spot_size=settings["spot_size"])
     for adata in (spots, reference):
         adata.uns.pop("provenance", None)
@@ -100,6 +91,17 @@ def _nnls(spots, reference, *, per_cell: bool):
     seconds = time.perf_counter() - start
     weights /= np.maximum(weights.sum(axis=1, keepdims=True), 1e-300)
     return weights, list(profiles.index), seconds, 0.0, ""
+
+
+def _keep_proportions(dataset: str, method: str, spots, types, props) -> None:
+    """Save a method's proportions under results/ (tests compare with the peers' output)."""
+    import pandas as pd
+
+    slug = "".join(c if c.isalnum() else "_" for c in method).strip("_")
+    path = RESULTS_DIR / "deconvolution_proportions" / dataset / f"{slug}.csv.gz"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame = pd.DataFrame(np.asarray(props, dtype=np.float64), index=spots, columns=types)
+    frame.to_csv(path, float_format="%.6g")
 
 
 def run_method(method: str, folder: Path, out: Path, args) -> None:
@@ -148,6 +150,7 @@ def run_method(method: str, folder: Path, out: Path, args) -> None:
         )
     else:
         raise SystemExit(f"unknown method {method!r}")
+    _keep_proportions(folder.name, method, spots.obs_names, types, props)
     np.savez(
         out,
         proportions=np.asarray(props, dtype=np.float64),
@@ -204,8 +207,9 @@ def markdown(payload: dict) -> str:
     lines = [
         "# Deconvolution benchmark",
         "",
-        f"Command: `{payload['command']}`; {payload['machine']['cpu_count']} CPUs, "
-        f"{payload['threads']} threads per tool, {payload['machine']['date']}.",
+        f"Command: `{payload['command']}`; {payload['threads']} thread(s) per tool, each "
+        f"pinned to the same CPU(s) of a {payload['machine']['cpu_count']}-CPU machine, "
+        f"{payload['machine']['date']}.",
         "Pseudo-spots pooled from real imaged cells (true proportions known exactly). "
         "RMSE and JSD (bits, mean over spots): lower is better; Pearson per cell type "
         "(across spots) and per spot: higher is better. Fit time excludes JIT compilation "
@@ -260,7 +264,7 @@ def main() -> None:
         run_method(args.run_method, Path(args.folder), Path(args.out), args)
         return
     payload = {
-        "command": "make bench-deconv",
+        "command": f"make bench-deconv THREADS={args.threads}",
         "argv": sys.argv[1:],
         "threads": args.threads,
         "seed": SEED,
@@ -293,6 +297,7 @@ def main() -> None:
                     cmd += ["--folder", str(folder), "--out", str(out)]
                     cmd += ["--threads", str(args.threads), "--c2l-epochs", str(args.c2l_epochs)]
                 child = run_child(cmd, threads=args.threads)
+                child["cpus"] = pinned_cpus(args.threads)
                 if child["returncode"] != 0 or not out.exists():
                     block["methods"][method] = {"error": f"exit {child['returncode']}"}
                 else:

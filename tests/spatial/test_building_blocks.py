@@ -14,6 +14,7 @@ from diffomics.spatial import (
     match_genes,
     pool_pseudo_spots,
     proportion_metrics,
+    reference_dispersion,
     reference_profiles,
 )
 
@@ -113,3 +114,17 @@ def test_proportion_metrics_match_scipy():
     r = [np.corrcoef(t[c], p[c])[0, 1] for c in "abcd"]
     assert m["pearson_type"] == pytest.approx(np.mean(r))
     assert m["n_types_scored"] == 4
+
+
+def test_reference_dispersion_recovers_planted_theta_despite_size_factors():
+    rng = np.random.default_rng(1)
+    n_cells, n_genes, theta = 600, 120, np.array([0.5, 2.0, 10.0])
+    labels = np.repeat(["a", "b"], n_cells // 2)
+    mu = np.where(labels[:, None] == "a", 8.0, 20.0) * np.ones((1, n_genes))
+    size = rng.lognormal(0.0, 0.5, size=(n_cells, 1))  # big per-cell size variation
+    th = np.tile(theta, n_genes // 3)[None, :]
+    x = rng.negative_binomial(th, th / (th + size * mu)).astype(np.float32)
+    obs = pd.DataFrame({"t": labels}, index=[f"c{i}" for i in range(n_cells)])
+    got = reference_dispersion(ad.AnnData(x, obs=obs), "t").to_numpy()
+    for k, value in enumerate(theta):
+        assert np.median(got[k::3]) == pytest.approx(value, rel=0.25)

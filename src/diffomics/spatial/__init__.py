@@ -20,7 +20,9 @@ from diffomics.spatial._graph import car_penalty as car_penalty
 from diffomics.spatial._graph import knn_graph as knn_graph
 from diffomics.spatial._metrics import proportion_metrics as proportion_metrics
 from diffomics.spatial._pseudospots import pool_pseudo_spots as pool_pseudo_spots
+from diffomics.spatial._pseudospots import split_cells as split_cells
 from diffomics.spatial._reference import match_genes as match_genes
+from diffomics.spatial._reference import reference_dispersion as reference_dispersion
 from diffomics.spatial._reference import reference_profiles as reference_profiles
 
 __all__ = [
@@ -36,6 +38,8 @@ __all__ = [
     "platform_effect_posterior_mean",
     "pool_pseudo_spots",
     "proportion_metrics",
+    "reference_dispersion",
     "reference_profiles",
+    "split_cells",
     "spot_scale",
 ]

@@ -12,12 +12,17 @@ import numpy as np
 import pandas as pd
 from flax import nnx
 
-from diffomics.core._checks import check_counts
+from diffomics.core._checks import check_choice, check_counts
 from diffomics.core._errors import MissingKeyError
 from diffomics.core._fit import FitResult, fit
 from diffomics.operators._keys import DECONVOLUTION_KEYS as K
 from diffomics.spatial._graph import knn_graph
-from diffomics.spatial._reference import dense_layer, match_genes, reference_profiles
+from diffomics.spatial._reference import (
+    dense_layer,
+    match_genes,
+    reference_dispersion,
+    reference_profiles,
+)
 
 if TYPE_CHECKING:
     from diffomics.operators._spatial_deconvolution import SpatialDeconvolution
@@ -60,6 +65,7 @@ def deconvolve(
     labels_key: str,
     *,
     likelihood: str = "nb",
+    dispersion: str = "reference",
     mode: str = "direct",
     spatial_prior: float = 0.0,
     n_neighbors: int = 6,
@@ -89,9 +95,10 @@ def deconvolve(
     3. the pooled spots are fitted by a mixture of the profiles with the gene platform effect
        integrated out, which gives the tissue's bulk composition and the platform effect's
        posterior mean (RCTD's platform-effect normalisation);
-    4. with the platform effect fixed, the per-spot proportions (and NB dispersions,
-       background) are fitted by Adam on the negative log-posterior of a
-       `SpatialDeconvolution` operator (jit-compiled steps, early stopping on the loss).
+    4. with the platform effect (and the NB dispersions, see `dispersion`) fixed, the
+       per-spot proportions (and the background) are fitted by Adam on the negative
+       log-posterior of a `SpatialDeconvolution` operator (jit-compiled steps, early
+       stopping on the loss).
 
     ``mode="direct"`` (default) fits one logit vector per spot: the per-spot maximum a
     posteriori estimate that cell2location and RCTD compute, with no amortization gap, so it
@@ -112,6 +119,12 @@ def deconvolve(
       labels_key: column of ``reference.obs`` with the cell types.
       likelihood: ``"nb"`` (raw counts; default), ``"poisson"`` (raw counts) or
         ``"gaussian"`` (values that are not counts, e.g. normalised).
+      dispersion: NB inverse dispersion per gene: ``"reference"`` (default) estimates it
+        from the reference cells within their types after removing each cell's size factor
+        (`reference_dispersion`) and holds it fixed; ``"fit"`` starts there and fits it on
+        the spots. Fitted on spots, it also absorbs variation that is shared by all genes
+        of a cell (cell size, state) and so is not per-gene noise, which flattens the
+        likelihood of the genes that carry the signal.
       mode: ``"direct"`` or ``"amortized"`` (see above).
       spatial_prior: precision of the CAR smoothness prior on the centred log-ratio of
         proportions over the k-nearest-neighbour spot graph; 0 (default) turns it off.
@@ -167,6 +180,7 @@ def deconvolve(
         SpatialDeconvolutionConfig,
     )
 
+    check_choice(dispersion, "dispersion", ("reference", "fit"))
     genes, report = match_genes(spatial.var_names, reference.var_names)
     profiles = reference_profiles(
         reference[:, genes],
@@ -205,6 +219,12 @@ def deconvolve(
         proportion_prior=proportion_prior,
     )
     model = SpatialDeconvolution(config, rngs=nnx.Rngs(seed))
+    spot_params = SPOT_PARAMS
+    if likelihood == "nb":
+        theta = reference_dispersion(reference[:, genes], labels_key, layer=reference_layer)
+        model.log_theta[...] = jnp.log(jnp.asarray(theta.to_numpy(np.float32)))
+        if dispersion == "reference":
+            spot_params = nnx.All(SPOT_PARAMS, nnx.Not(nnx.PathContains("log_theta")))
     data = {
         K.SPATIAL_EXPRESSION: jnp.asarray(x),
         K.REFERENCE_PROFILES: jnp.asarray(profiles.to_numpy(np.float32)),
@@ -223,7 +243,7 @@ def deconvolve(
         model,
         loss_fn,
         (data, edges),
-        wrt=SPOT_PARAMS,
+        wrt=spot_params,
         progress=progress,
         **settings,
     )
@@ -236,6 +256,7 @@ def deconvolve(
     params = {
         "labels_key": labels_key,
         "likelihood": likelihood,
+        "dispersion": dispersion,
         "mode": mode,
         "spatial_prior": float(spatial_prior),
         "n_neighbors": int(n_neighbors),

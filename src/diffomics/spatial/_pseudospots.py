@@ -7,10 +7,10 @@ import numpy as np
 import pandas as pd
 
 from diffomics.core._checks import check_finite, check_positive
-from diffomics.core._errors import MissingKeyError
+from diffomics.core._errors import ConfigError, MissingKeyError
 from diffomics.spatial._reference import dense_layer
 
-__all__ = ["pool_pseudo_spots"]
+__all__ = ["pool_pseudo_spots", "split_cells"]
 
 
 def pool_pseudo_spots(
@@ -96,3 +96,43 @@ def pool_pseudo_spots(
         "n_cells_dropped": int((~member).sum()),
     }
     return spots
+
+
+def split_cells(
+    cells: ad.AnnData, labels_key: str, *, fraction: float = 0.5, seed: int = 0
+) -> tuple[ad.AnnData, ad.AnnData]:
+    """Split cells into two disjoint sets, taking `fraction` of every cell type for the first.
+
+    The protocol for a reference from the same section: one part builds the reference
+    profiles, the other is pooled into pseudo-spots, so no cell is on both sides.
+
+    Args:
+      cells: single-cell AnnData with labels in ``obs[labels_key]``.
+      labels_key: column of ``cells.obs`` with cell types.
+      fraction: share of each type's cells (rounded up) in the first set, in (0, 1).
+      seed: seed of the random choice.
+
+    Returns:
+      ``(first, rest)``, copies, each keeping the original cell order.
+
+    Examples:
+      >>> import anndata as ad, numpy as np, pandas as pd
+      >>> cells = ad.AnnData(np.ones((6, 1)), obs=pd.DataFrame(
+      ...     {"t": list("aaabbb")}, index=list("uvwxyz")))
+      >>> ref, rest = split_cells(cells, "t", fraction=0.5, seed=0)
+      >>> ref.obs["t"].value_counts().to_dict(), rest.n_obs
+      ({'a': 2, 'b': 2}, 2)
+    """
+    if labels_key not in cells.obs:
+        msg = f"cells.obs has no {labels_key!r}; found {list(cells.obs.columns)}."
+        raise MissingKeyError(msg)
+    if not 0.0 < fraction < 1.0:
+        msg = f"fraction must be in (0, 1); found {fraction!r}."
+        raise ConfigError(msg)
+    rng = np.random.default_rng(seed)
+    labels = cells.obs[labels_key].astype(str).to_numpy()
+    first = np.zeros(cells.n_obs, dtype=bool)
+    for label in sorted(set(labels)):
+        idx = np.flatnonzero(labels == label)
+        first[rng.choice(idx, size=int(np.ceil(fraction * idx.size)), replace=False)] = True
+    return cells[first].copy(), cells[~first].copy()

@@ -11,9 +11,9 @@ import pandas as pd
 import scipy.sparse as sp
 
 from diffomics.core._checks import check_counts
-from diffomics.core._errors import GeneMatchError, MissingKeyError
+from diffomics.core._errors import CountsError, GeneMatchError, MissingKeyError
 
-__all__ = ["dense_layer", "match_genes", "reference_profiles"]
+__all__ = ["dense_layer", "match_genes", "reference_dispersion", "reference_profiles"]
 
 
 def dense_layer(adata: ad.AnnData, layer: str | None, *, name: str) -> np.ndarray:
@@ -75,6 +75,32 @@ def match_genes(
     return shared, report
 
 
+def _labelled_cells(
+    reference: ad.AnnData, labels_key: str, layer: str | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Counts and labels of the reference cells with a non-zero total (others reported)."""
+    if labels_key not in reference.obs:
+        msg = f"reference.obs has no column {labels_key!r}; found {list(reference.obs.columns)}."
+        raise MissingKeyError(msg)
+    labels = reference.obs[labels_key]
+    if labels.isna().any():
+        msg = (
+            f"reference.obs[{labels_key!r}] has {int(labels.isna().sum())} missing label(s); "
+            "drop those cells or label them."
+        )
+        raise MissingKeyError(msg)
+    x = dense_layer(reference, layer, name="reference")
+    check_counts(x, "reference counts", row_name="cell", allow_empty_rows=True)
+    keep = x.sum(axis=1) > 0
+    if not keep.all():
+        warnings.warn(
+            f"reference: left out {int((~keep).sum())} cell(s) with zero counts over "
+            f"the {x.shape[1]} genes used.",
+            stacklevel=3,
+        )
+    return x[keep], labels.astype(str).to_numpy()[keep]
+
+
 def reference_profiles(
     reference: ad.AnnData,
     labels_key: str,
@@ -113,27 +139,8 @@ def reference_profiles(
       A     3.0  0.0
       B     0.0  3.0
     """
-    if labels_key not in reference.obs:
-        msg = f"reference.obs has no column {labels_key!r}; found {list(reference.obs.columns)}."
-        raise MissingKeyError(msg)
-    labels = reference.obs[labels_key]
-    if labels.isna().any():
-        msg = (
-            f"reference.obs[{labels_key!r}] has {int(labels.isna().sum())} missing label(s); "
-            "drop those cells or label them."
-        )
-        raise MissingKeyError(msg)
-    x = dense_layer(reference, layer, name="reference")
-    check_counts(x, "reference counts", row_name="cell", allow_empty_rows=True)
+    x, labels = _labelled_cells(reference, labels_key, layer)
     totals = x.sum(axis=1)
-    keep = totals > 0
-    if not keep.all():
-        warnings.warn(
-            f"reference: left out {int((~keep).sum())} cell(s) with zero counts over "
-            f"the {x.shape[1]} genes used.",
-            stacklevel=2,
-        )
-    x, totals, labels = x[keep], totals[keep], labels.to_numpy()[keep]
     if library_normalize:
         x = x * (np.median(totals) / totals)[:, None]
     frame = pd.DataFrame(x, columns=reference.var_names)
@@ -141,3 +148,70 @@ def reference_profiles(
     profiles.index = profiles.index.astype(str).rename(labels_key)
     profiles.columns = profiles.columns.rename(None)
     return profiles.sort_index()
+
+
+def reference_dispersion(
+    reference: ad.AnnData,
+    labels_key: str,
+    *,
+    layer: str | None = None,
+    min_cells: int = 5,
+    max_theta: float = 1e4,
+) -> pd.Series:
+    """Per-gene negative-binomial inverse dispersion of single cells within their cell type.
+
+    Within each type every cell ``c`` has a size factor ``f_c`` (its total over the mean total
+    of the type) and counts ``x_cg ~ NB(f_c mu_kg, theta_g)``. The method-of-moments estimate
+    pools the types: ``theta_g = sum_c (f_c mu_kg)^2 / sum_c [(x_cg - f_c mu_kg)^2 - f_c mu_kg]``.
+    Removing the size factor matters: cell-to-cell differences in total RNA move every gene of
+    a cell together, and pooled in a spot they are differences in composition, not per-gene
+    noise. Genes with no extra-Poisson variance get `max_theta`.
+
+    Args:
+      reference: single-cell AnnData, cells x genes, raw counts in `layer` (or ``X``).
+      labels_key: column of ``reference.obs`` with the cell types.
+      layer: layer with counts; None uses ``X``.
+      min_cells: types with fewer cells are not used.
+      max_theta: upper bound (and value for Poisson-like genes), > 0.
+
+    Returns:
+      Series indexed by gene, ``theta`` per cell, in (0, `max_theta`].
+
+    Raises:
+      MissingKeyError: `labels_key` or `layer` is missing.
+      CountsError: no type has `min_cells` cells.
+
+    References:
+      Anscombe, "The statistical analysis of insect counts based on the negative binomial
+      distribution", Biometrics 5:165 (1949), https://doi.org/10.2307/3001913.
+
+    Examples:
+      >>> import anndata as ad, numpy as np, pandas as pd
+      >>> rng = np.random.default_rng(0)
+      >>> x = rng.negative_binomial(4.0, 4.0 / (4.0 + 20.0), size=(2000, 300)).astype(float)
+      >>> ref = ad.AnnData(x, obs=pd.DataFrame({"t": ["a"] * 2000}, index=map(str, range(2000))))
+      >>> round(float(reference_dispersion(ref, "t").median()), 1)  # planted theta = 4
+      4.0
+    """
+    x, labels = _labelled_cells(reference, labels_key, layer)
+    x = x.astype(np.float64)
+    signal = np.zeros(x.shape[1])
+    excess = np.zeros(x.shape[1])
+    used = 0
+    for label in np.unique(labels):
+        cells = x[labels == label]
+        if cells.shape[0] < min_cells:
+            continue
+        used += 1
+        totals = cells.sum(axis=1)
+        size = totals / totals.mean()
+        mean = size[:, None] * (cells.sum(axis=0) / size.sum())[None, :]
+        signal += np.sum(mean**2, axis=0)
+        excess += np.sum((cells - mean) ** 2 - mean, axis=0)
+    if used == 0:
+        msg = f"reference_dispersion needs a cell type with >= {min_cells} cells; found none."
+        raise CountsError(msg)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        theta = np.where(excess > 0, signal / excess, max_theta)
+    theta = np.clip(np.nan_to_num(theta, nan=max_theta), 1e-3, max_theta)
+    return pd.Series(theta, index=reference.var_names.copy(), name="theta")
