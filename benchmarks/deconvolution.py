@@ -172,7 +172,7 @@ def run_diffbio(folder: Path, out: Path, args) -> list[str]:
         spots=np.asarray(spots.X, dtype=np.float32),
         coords=np.asarray(spots.obsm["spatial"], dtype=np.float32),
         reference_profiles=profiles.to_numpy(np.float32),
-        types=np.array(profiles.index),
+        types=np.array(profiles.index, dtype=str),
         seed=SEED,
         n_steps=args.diffbio_steps,
         learning_rate=1e-3,
@@ -226,7 +226,7 @@ def markdown(payload: dict) -> str:
             f"values are {'counts' if info['counts'] else 'normalised (0-101), not counts'}.",
             "",
             "| method | RMSE | JSD | Pearson (type) | Pearson (spot) | fit s | compile s | "
-            "x faster than cell2location | peak MiB |",
+            "cell2location time / time | peak MiB |",
             "|---|---|---|---|---|---|---|---|---|",
         ]
         c2l = block["methods"].get("cell2location", {})
@@ -236,7 +236,7 @@ def markdown(payload: dict) -> str:
                 continue
             total = r["fit_seconds"] + r["compile_seconds"]
             speed = ""
-            if "fit_seconds" in c2l and total > 0:
+            if "fit_seconds" in c2l and method.startswith("diffomics") and total > 0:
                 speed = f"{(c2l['fit_seconds'] + c2l['compile_seconds']) / total:.0f}"
             lines.append(
                 f"| {method} | {r['rmse']:.4f} | {r['jsd']:.4f} | {r['pearson_type']:.3f} | "
@@ -256,6 +256,11 @@ def main() -> None:
     parser.add_argument("--diffbio-python", default=".venv-diffbio/bin/python")
     parser.add_argument("--diffbio-steps", type=int, default=2000)
     parser.add_argument("--c2l-epochs", type=int, default=30000)
+    parser.add_argument(
+        "--update",
+        action="store_true",
+        help="keep the other methods' results of the last run and replace only these",
+    )
     parser.add_argument("--run-method", help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -283,13 +288,22 @@ def main() -> None:
             "reference profiles' mean total, and coordinates are standardised.",
         ],
     }
+    previous = RESULTS_DIR / "deconvolution.json"
+    if args.update and previous.exists():
+        kept = json.loads(previous.read_text())
+        payload["datasets"] = kept["datasets"]
+        payload["updated"] = kept.get("updated", []) + [
+            {"methods": args.methods.split(","), "date": payload["machine"]["date"]}
+        ]
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.datasets.split(","):
             folder = Path(tmp) / name
             block = {"data": prepare(name, folder), "methods": {}}
+            if name in payload["datasets"]:
+                block["methods"] = payload["datasets"][name]["methods"]
             print(f"[{name}] {block['data']}", flush=True)
             for method in args.methods.split(","):
-                out = folder / f"{len(block['methods'])}.npz"
+                out = folder / f"{abs(hash(method))}.npz"
                 if method.startswith("diffbio"):
                     cmd = run_diffbio(folder, out, args)
                 else:

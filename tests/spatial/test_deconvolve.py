@@ -175,3 +175,17 @@ def test_bad_inputs_raise_clear_errors(planted):
     del bad.obsm["spatial"]
     with pytest.raises(MissingKeyError, match="obsm"):
         deconvolve(bad, reference, "cell_type", spatial_prior=1.0)
+
+
+def test_dispersion_from_reference_is_held_fixed_unless_fitted():
+    spatial, reference = simulate(n_spots=80, n_genes=40, seed=7)
+    from diffomics.spatial import reference_dispersion
+
+    expected = reference_dispersion(reference, "cell_type").to_numpy()
+    fixed = deconvolve(spatial.copy(), reference, "cell_type", progress=False)
+    np.testing.assert_allclose(np.exp(fixed.model.log_theta[...]), expected, rtol=1e-4)
+    fitted = deconvolve(spatial.copy(), reference, "cell_type", dispersion="fit", progress=False)
+    moved = np.abs(np.log(np.exp(fitted.model.log_theta[...]) / expected))
+    assert moved.max() > 0.05
+    with pytest.raises(ValueError, match="dispersion"):
+        deconvolve(spatial, reference, "cell_type", dispersion="guess")

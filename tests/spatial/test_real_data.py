@@ -44,3 +44,17 @@ def test_beats_nnls_on_real_osmfish_pseudo_spots(osmfish_spots, ours):
         assert ours["rmse"] < baseline["rmse"]
         assert ours["jsd"] < baseline["jsd"]
         assert ours["pearson_type"] > baseline["pearson_type"]
+
+
+def test_at_least_as_accurate_as_cell2location_on_the_same_spots(osmfish_spots, ours):
+    """cell2location 0.1.5's proportions on these spots, from `make bench-deconv`."""
+    from pathlib import Path
+
+    spots, _ = osmfish_spots
+    path = Path(__file__).parents[1] / "data" / "cell2location_osmfish_proportions.csv.gz"
+    c2l = pd.read_csv(path, index_col=0)
+    assert list(c2l.index) == list(spots.obs_names)
+    peer = proportion_metrics(spots.obsm["proportions_true"], c2l)
+    assert peer["rmse"] == pytest.approx(0.1043, abs=1e-3)  # as in benchmarks/results
+    assert ours["rmse"] < peer["rmse"]
+    assert ours["jsd"] < peer["jsd"]

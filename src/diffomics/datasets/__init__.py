@@ -1,5 +1,6 @@
 """Small real datasets bundled with diffomics, with provenance and checksums."""
 
+from diffomics.datasets._readers import mouse_olfactory_bulb as mouse_olfactory_bulb
 from diffomics.datasets._readers import osmfish as osmfish
 from diffomics.datasets._readers import provenance as provenance
 from diffomics.datasets._readers import seqfish_cortex as seqfish_cortex
@@ -7,4 +8,12 @@ from diffomics.datasets._registry import DATA_DIR as DATA_DIR
 from diffomics.datasets._registry import DATASETS as DATASETS
 from diffomics.datasets._registry import DatasetInfo as DatasetInfo
 
-__all__ = ["DATASETS", "DATA_DIR", "DatasetInfo", "osmfish", "provenance", "seqfish_cortex"]
+__all__ = [
+    "DATASETS",
+    "DATA_DIR",
+    "DatasetInfo",
+    "mouse_olfactory_bulb",
+    "osmfish",
+    "provenance",
+    "seqfish_cortex",
+]

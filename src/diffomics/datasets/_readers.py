@@ -11,7 +11,7 @@ import pandas as pd
 from diffomics.core._errors import DataIntegrityError
 from diffomics.datasets._registry import DATASETS, verify_checksums
 
-__all__ = ["osmfish", "provenance", "seqfish_cortex"]
+__all__ = ["mouse_olfactory_bulb", "osmfish", "provenance", "seqfish_cortex"]
 
 
 def _read_gene_matrix(path: Path) -> tuple[list[str], np.ndarray]:
@@ -186,5 +186,44 @@ def osmfish(folder: Path | None = None, *, verify: bool = True) -> ad.AnnData:
     name = "osmfish_sscortex_codeluppi2018"
     record = provenance(name, folder, verify=verify)
     adata = _read_osmfish(Path(record["source_path"]))
+    adata.uns["provenance"] = record
+    return adata
+
+
+def mouse_olfactory_bulb(folder: Path | None = None, *, verify: bool = True) -> ad.AnnData:
+    """The Stahl 2016 mouse olfactory bulb ST section (replicate 11), SpatialDE's benchmark.
+
+    Args:
+      folder: folder with the files; None uses the copy bundled with diffomics.
+      verify: check file checksums first.
+
+    Returns:
+      AnnData, 260 spots x 16,218 genes, ``X`` raw UMI counts (float32),
+      ``obs["total_counts"]`` (SpatialDE's total over genes with >= 3 counts),
+      ``obsm["spatial"]`` (array coordinates x, y; spots are about 1 unit apart) and the
+      provenance in ``uns["provenance"]``.
+
+    Examples:
+      >>> mouse_olfactory_bulb().shape
+      (260, 16218)
+    """
+    record = provenance("spatialde_mob_stahl2016", folder, verify=verify)
+    base = Path(record["source_path"])
+    counts = pd.read_csv(base / "Rep11_MOB_count_matrix-1.tsv.gz", sep="\t", index_col=0)
+    info = pd.read_csv(base / "MOB_sample_info.csv", index_col=0)
+    missing = info.index.difference(counts.index)
+    if len(missing):
+        msg = f"{base}: {len(missing)} spots of MOB_sample_info.csv have no counts."
+        raise DataIntegrityError(msg)
+    counts = counts.loc[info.index]
+    adata = ad.AnnData(
+        counts.to_numpy(np.float32),
+        obs=pd.DataFrame(
+            {"total_counts": info["total_counts"].to_numpy(np.float64)},
+            index=info.index.astype(str),
+        ),
+        var=pd.DataFrame(index=counts.columns.astype(str)),
+    )
+    adata.obsm["spatial"] = info[["x", "y"]].to_numpy(np.float64)
     adata.uns["provenance"] = record
     return adata

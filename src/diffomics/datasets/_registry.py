@@ -79,6 +79,22 @@ DATASETS: dict[str, DatasetInfo] = {
             modalities=("rna", "spatial"),
             value_scale="counts (molecules per cell)",
         ),
+        DatasetInfo(
+            name="spatialde_mob_stahl2016",
+            title="Mouse olfactory bulb, Spatial Transcriptomics replicate 11 (260 spots, "
+            "16,218 genes): the SpatialDE / SPARK benchmark",
+            publications=(
+                "Stahl et al., 'Visualization and analysis of gene expression in tissue "
+                "sections by spatial transcriptomics', Science 353:78 (2016), "
+                "https://doi.org/10.1126/science.aaf2403",
+                "Svensson, Teichmann & Stegle, 'SpatialDE: identification of spatially "
+                "variable genes', Nat. Methods 15:343 (2018), https://doi.org/10.1038/nmeth.4636",
+            ),
+            origin="https://github.com/almaan/sepal @9befea4b, compare/",
+            license="MIT (sepal); underlying data public",
+            modalities=("rna", "spatial"),
+            value_scale="counts (UMIs per spot)",
+        ),
     )
 }
 

@@ -1,9 +1,23 @@
 """Operators: Flax NNX modules with the ``apply(data, state, metadata)`` contract."""
 
 from diffomics.operators._keys import DECONVOLUTION_KEYS as DECONVOLUTION_KEYS
+from diffomics.operators._keys import SPATIAL_GENE_KEYS as SPATIAL_GENE_KEYS
+from diffomics.operators.multiomics import (
+    DifferentiableSpatialGeneDetector as DifferentiableSpatialGeneDetector,
+)
 from diffomics.operators.multiomics import SpatialDeconvolution as SpatialDeconvolution
 from diffomics.operators.multiomics import (
     SpatialDeconvolutionConfig as SpatialDeconvolutionConfig,
 )
+from diffomics.operators.multiomics import (
+    SpatialGeneDetectorConfig as SpatialGeneDetectorConfig,
+)
 
-__all__ = ["DECONVOLUTION_KEYS", "SpatialDeconvolution", "SpatialDeconvolutionConfig"]
+__all__ = [
+    "DECONVOLUTION_KEYS",
+    "SPATIAL_GENE_KEYS",
+    "DifferentiableSpatialGeneDetector",
+    "SpatialDeconvolution",
+    "SpatialDeconvolutionConfig",
+    "SpatialGeneDetectorConfig",
+]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-__all__ = ["DECONVOLUTION_KEYS"]
+__all__ = ["DECONVOLUTION_KEYS", "SPATIAL_GENE_KEYS"]
 
 
 class _DeconvolutionKeys(NamedTuple):
@@ -16,3 +16,16 @@ class _DeconvolutionKeys(NamedTuple):
 
 
 DECONVOLUTION_KEYS = _DeconvolutionKeys()
+
+
+class _SpatialGeneKeys(NamedTuple):
+    SPATIAL_COORDS: str = "spatial_coords"
+    EXPRESSION: str = "expression"
+    TOTAL_COUNTS: str = "total_counts"
+    FSV: str = "fsv"
+    SPATIAL_PVALUES: str = "spatial_pvalues"
+    IS_SPATIAL: str = "is_spatial"
+    SMOOTHED_EXPRESSION: str = "smoothed_expression"
+
+
+SPATIAL_GENE_KEYS = _SpatialGeneKeys()

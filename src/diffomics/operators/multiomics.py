@@ -6,5 +6,16 @@ from diffomics.operators._spatial_deconvolution import (
 from diffomics.operators._spatial_deconvolution import (
     SpatialDeconvolutionConfig as SpatialDeconvolutionConfig,
 )
+from diffomics.operators._spatial_gene_detector import (
+    DifferentiableSpatialGeneDetector as DifferentiableSpatialGeneDetector,
+)
+from diffomics.operators._spatial_gene_detector import (
+    SpatialGeneDetectorConfig as SpatialGeneDetectorConfig,
+)
 
-__all__ = ["SpatialDeconvolution", "SpatialDeconvolutionConfig"]
+__all__ = [
+    "DifferentiableSpatialGeneDetector",
+    "SpatialDeconvolution",
+    "SpatialDeconvolutionConfig",
+    "SpatialGeneDetectorConfig",
+]
