@@ -61,3 +61,15 @@ def test_user_errors_are_one_line(tmp_path, capsys, args, message):
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_spatial_genes_command(tmp_path, capsys):
+    from .spatial.test_spatial_genes import simulate_counts
+
+    adata = simulate_counts(n_spots=120, n_spatial=3, n_null=20, seed=1)
+    adata.write_h5ad(tmp_path / "tissue.h5ad")
+    assert main(["spatial-genes", str(tmp_path / "tissue.h5ad"), "--out", str(tmp_path / "o")]) == 0
+    table = pd.read_csv(tmp_path / "o" / "spatial_genes.tsv", sep="\t", index_col=0)
+    assert {"fsv", "pval", "qval", "is_spatial"} <= set(table.columns)
+    assert (tmp_path / "o" / "spatial_genes_on_tissue.png").is_file()
+    assert "spatially variable" in capsys.readouterr().out

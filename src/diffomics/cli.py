@@ -109,6 +109,52 @@ def _cmd_deconvolve(args: argparse.Namespace) -> None:
         print(f"wrote {path}")
 
 
+def _cmd_spatial_genes(args: argparse.Namespace) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from diffomics.plotting import spatial_genes_on_tissue
+    from diffomics.spatial import spatial_genes
+
+    adata = _read_h5ad(args.data)
+    table = spatial_genes(
+        adata,
+        spatial_key=args.spatial_key,
+        kernel=args.kernel,
+        total_counts_key=args.total_counts_key,
+        model_search=args.model_search,
+        seed=args.seed,
+        progress=None,
+    )
+    out = Path(args.out)
+    stem = Path(args.data).stem
+    written = [
+        _atomic(out / f"{stem}.spatial_genes.h5ad", lambda p: adata.write_h5ad(p)),
+        _atomic(
+            out / "spatial_genes.tsv",
+            lambda p: table.sort_values("pval").to_csv(p, sep="\t", float_format="%.6g"),
+        ),
+    ]
+    if table["is_spatial"].any():
+        fig = spatial_genes_on_tissue(adata)
+        for suffix in ("png", "svg"):
+            written.append(
+                _atomic(
+                    out / f"spatial_genes_on_tissue.{suffix}",
+                    lambda p, s=suffix: fig.savefig(p, dpi=120, format=s, bbox_inches="tight"),
+                )
+            )
+        plt.close(fig)
+    print(
+        f"tested {adata.n_vars} genes over {adata.n_obs} spots: "
+        f"{int(table['is_spatial'].sum())} spatially variable at q < 0.05"
+    )
+    for path in written:
+        print(f"wrote {path}")
+
+
 def _cmd_demo(args: argparse.Namespace) -> None:
     from diffomics.sources import SeqFISHSource
     from diffomics.spatial import deconvolve, pool_pseudo_spots, proportion_metrics
@@ -183,6 +229,19 @@ def _parser() -> argparse.ArgumentParser:
     dec.add_argument("--seed", type=int, default=_default(deconvolve, "seed"))
     dec.add_argument("--out", default="diffomics_out", help="output folder")
     dec.set_defaults(func=_cmd_deconvolve)
+
+    from diffomics.spatial import spatial_genes
+
+    svg = sub.add_parser("spatial-genes", help="spatially variable genes (GP test)")
+    svg.add_argument("data", help="spots x genes .h5ad with coordinates in obsm")
+    svg.add_argument("--spatial-key", default=_default(spatial_genes, "spatial_key"))
+    svg.add_argument("--kernel", default=_default(spatial_genes, "kernel"),
+                     choices=["se", "periodic", "linear"])
+    svg.add_argument("--total-counts-key", default=_default(spatial_genes, "total_counts_key"))
+    svg.add_argument("--model-search", action="store_true", help="choose kernels by BIC")
+    svg.add_argument("--seed", type=int, default=_default(spatial_genes, "seed"))
+    svg.add_argument("--out", default="diffomics_out", help="output folder")
+    svg.set_defaults(func=_cmd_spatial_genes)
     return parser
 
 

@@ -91,7 +91,8 @@ def test_null_pvalues_are_uniform_on_permuted_real_data():
 def test_agrees_with_spatialde_on_the_mouse_olfactory_bulb():
     mob = mouse_olfactory_bulb()
     mob = mob[:, np.asarray(mob.X.sum(0)).ravel() >= 3].copy()
-    table = spatial_genes(mob, total_counts_key="total_counts", progress=False)
+    table = spatial_genes(mob, total_counts_key="total_counts", model_search=True,
+                          progress=False)
     ref = pd.read_csv(DATA / "spatialde_mob_results.csv.gz").set_index("g")
     shared = table.index.intersection(ref.index)
     assert len(shared) == 14859
@@ -108,6 +109,11 @@ def test_agrees_with_spatialde_on_the_mouse_olfactory_bulb():
     published = set(ref.index[ref["qval"] < 0.05]) - {"log_total_count"}
     assert len(published) == 67
     assert len(published & set(table.index[table["is_spatial"]])) == 67
+    # model search by BIC picks SpatialDE's kernel family for each of them (48 SE, 19 PER)
+    search = pd.read_csv(DATA / "spatialde_mob_model_search.csv", index_col=0).set_index("g")
+    genes = sorted(published)
+    ours = table.loc[genes, "model"].map({"se": "SE", "periodic": "PER", "linear": "linear"})
+    assert (ours == search.loc[genes, "model"]).mean() == 1.0
 
 
 def test_nystrom_with_every_spot_as_inducing_point_equals_exact():

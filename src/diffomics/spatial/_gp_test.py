@@ -43,11 +43,13 @@ from diffomics.spatial._kernels import KernelFactor
 __all__ = [
     "GPFit",
     "LOG_DELTA_BOUNDS",
+    "NullSpace",
     "PermutationNull",
     "fit_gp",
     "fit_gp_implicit",
     "gene_sparsity",
     "gp_log_likelihood_ratio",
+    "gp_posterior_mean",
     "mixture_log_pvalue",
     "mixture_pvalue",
     "permutation_null",
@@ -103,27 +105,33 @@ def standardize(y: Array) -> tuple[Array, Array]:
     return centred / jnp.where(constant, 1.0, sd)[None, :], constant
 
 
-def _kernel_arrays(factor: KernelFactor, n: int) -> tuple[Array, Array, float, bool]:
-    s = jnp.asarray(factor.eigvals, dtype=jnp.float32)
-    ut1 = jnp.asarray(factor.eigvecs.sum(axis=0), dtype=jnp.float32)
-    complement = factor.eigvals.shape[0] < n
-    return s, ut1, float(factor.gower), complement
+class NullSpace(NamedTuple):
+    """Sums over a low-rank kernel's null space (eigenvalue 0), computed in float64.
+
+    With ``P = I - U U^T``: ``ones = 1^T P 1`` (scalar), ``cross = 1^T P y`` and
+    ``squares = y^T P y`` (each `(n_genes,)`). They are differences of large, nearly equal
+    numbers, so they are formed once in float64 (`fit_gp`) rather than in the float32 search.
+    """
+
+    ones: Array
+    cross: Array
+    squares: Array
 
 
-def _llr_from_sums(a, b, c, logdet, log_delta, *, n, m, ut1, uty, complement):
+def _llr_from_sums(a, b, c, logdet, log_delta, *, n, m, rest):
     """Finish the profile LLR from the in-span sums (shapes `(n_genes, k)`)."""
-    if complement:
+    if rest is not None:
         d = jnp.exp(log_delta)
-        a = a + (n - jnp.sum(ut1**2)) / d
-        b = b - jnp.sum(ut1[None, :] * uty, axis=1)[:, None] / d
-        c = c + (n - jnp.sum(uty**2, axis=1))[:, None] / d
+        a = a + rest.ones / d
+        b = b + rest.cross[:, None] / d
+        c = c + rest.squares[:, None] / d
         logdet = logdet + (n - m) * log_delta
     resid = jnp.maximum(c - b**2 / a, 1e-30)
     return -0.5 * (n * jnp.log(resid / n) + logdet)
 
 
 def gp_log_likelihood_ratio(
-    log_delta: Array, uty: Array, ut1: Array, s: Array, *, n: int, complement: bool
+    log_delta: Array, uty: Array, ut1: Array, s: Array, *, n: int, rest: NullSpace | None = None
 ) -> Array:
     """Profile log-likelihood ratio of the GP model against the constant model, per gene.
 
@@ -132,7 +140,7 @@ def gp_log_likelihood_ratio(
     maximised out:
     ``LLR = -1/2 [n log(r / n) + sum_i log(s_i + d) + (n - m) log d]`` where
     ``r = (y - mu 1)^T (K + d I)^{-1} (y - mu 1)``. Components outside a low-rank kernel's
-    span (eigenvalue 0) enter through ``complement``.
+    span (eigenvalue 0) enter through `rest`.
 
     Args:
       log_delta: ``log d`` per gene, shape `(n_genes,)`.
@@ -140,7 +148,7 @@ def gp_log_likelihood_ratio(
       ut1: ``U^T 1``, shape `(m,)`.
       s: eigenvalues, shape `(m,)`.
       n: number of spots.
-      complement: whether ``m < n`` (a low-rank kernel).
+      rest: the null-space sums of a low-rank kernel (``m < n``); None for an exact one.
 
     Returns:
       LLR in nats, shape `(n_genes,)`.
@@ -151,13 +159,10 @@ def gp_log_likelihood_ratio(
     b = jnp.sum(w * ut1[None, :] * uty, axis=1)[:, None]
     c = jnp.sum(w * uty**2, axis=1)[:, None]
     logdet = jnp.sum(jnp.log(s[None, :] + jnp.exp(ld)), axis=1)[:, None]
-    out = _llr_from_sums(
-        a, b, c, logdet, ld, n=n, m=s.shape[0], ut1=ut1, uty=uty, complement=complement
-    )
-    return out[:, 0]
+    return _llr_from_sums(a, b, c, logdet, ld, n=n, m=s.shape[0], rest=rest)[:, 0]
 
 
-def _llr_grid(grid, uty, ut1, s, *, n, complement):
+def _llr_grid(grid, uty, ut1, s, *, n, rest):
     """`gp_log_likelihood_ratio` on a grid of log deltas shared by all genes, `(n_genes, k)`."""
     w = 1.0 / (s[None, :] + jnp.exp(grid)[:, None])  # (k, m)
     a = (w @ ut1**2)[None, :]
@@ -165,23 +170,21 @@ def _llr_grid(grid, uty, ut1, s, *, n, complement):
     c = uty**2 @ w.T
     logdet = jnp.sum(jnp.log(s[None, :] + jnp.exp(grid)[:, None]), axis=1)[None, :]
     ld = jnp.broadcast_to(grid[None, :], c.shape)
-    return _llr_from_sums(
-        a, b, c, logdet, ld, n=n, m=s.shape[0], ut1=ut1, uty=uty, complement=complement
-    )
+    return _llr_from_sums(a, b, c, logdet, ld, n=n, m=s.shape[0], rest=rest)
 
 
-def _argmax_log_delta(uty, ut1, s, *, n, complement):
+def _argmax_log_delta(uty, ut1, s, *, n, rest):
     """Maximise the LLR over log delta per gene: grid, then golden-section search."""
     lo, hi = LOG_DELTA_BOUNDS
     grid = jnp.linspace(lo, hi, _GRID)
-    values = _llr_grid(grid, uty, ut1, s, n=n, complement=complement)
+    values = _llr_grid(grid, uty, ut1, s, n=n, rest=rest)
     best = jnp.argmax(values, axis=1)
     step = (hi - lo) / (_GRID - 1)
     a = jnp.clip(grid[best] - step, lo, hi)
     b = jnp.clip(grid[best] + step, lo, hi)
 
     def f(x):
-        return gp_log_likelihood_ratio(x, uty, ut1, s, n=n, complement=complement)
+        return gp_log_likelihood_ratio(x, uty, ut1, s, n=n, rest=rest)
 
     ratio = (np.sqrt(5.0) - 1.0) / 2.0
 
@@ -198,14 +201,19 @@ def _argmax_log_delta(uty, ut1, s, *, n, complement):
     return jnp.where(fx >= grid_best, x, grid[best]), jnp.maximum(fx, grid_best)
 
 
-def _derivatives(x, uty, ut1, s, *, n, complement):
+def _derivatives(x, uty, ut1, s, *, n, rest):
     """First and second derivative of each gene's LLR in log delta at `x`."""
+    if rest is None:
+        cross = squares = jnp.zeros_like(x)
+    else:
+        cross, squares = rest.cross, rest.squares
 
-    def one(xi, u):
-        return gp_log_likelihood_ratio(xi[None], u[None, :], ut1, s, n=n, complement=complement)[0]
+    def one(xi, u, c, q):
+        gene = None if rest is None else NullSpace(rest.ones, c[None], q[None])
+        return gp_log_likelihood_ratio(xi[None], u[None, :], ut1, s, n=n, rest=gene)[0]
 
-    first = jax.vmap(jax.grad(one))(x, uty)
-    second = jax.vmap(jax.grad(jax.grad(one)))(x, uty)
+    first = jax.vmap(jax.grad(one))(x, uty, cross, squares)
+    second = jax.vmap(jax.grad(jax.grad(one)))(x, uty, cross, squares)
     return first, second
 
 
@@ -217,10 +225,10 @@ def _fsv(x, gower, curvature):
     return fsv, jnp.abs(dfsv) * jnp.sqrt(var)
 
 
-@functools.partial(jax.jit, static_argnames=("n", "complement"))
-def _fit(uty, ut1, s, gower, *, n, complement):
-    x, llr = _argmax_log_delta(uty, ut1, s, n=n, complement=complement)
-    _, curvature = _derivatives(x, uty, ut1, s, n=n, complement=complement)
+@functools.partial(jax.jit, static_argnames=("n",))
+def _fit(uty, ut1, s, gower, rest, *, n):
+    x, llr = _argmax_log_delta(uty, ut1, s, n=n, rest=rest)
+    _, curvature = _derivatives(x, uty, ut1, s, n=n, rest=rest)
     fsv, fsv_se = _fsv(x, gower, curvature)
     return GPFit(llr=jnp.maximum(llr, 0.0), log_delta=x, fsv=fsv, fsv_se=fsv_se)
 
@@ -247,14 +255,14 @@ def fit_gp_implicit(z: Array, eigvals: Array, eigvecs: Array, gower: Array) -> G
     uty = z.T @ eigvecs
     ut1 = jnp.sum(eigvecs, axis=0)
     frozen = [jax.lax.stop_gradient(v) for v in (uty, ut1, eigvals)]
-    x_star, _ = _argmax_log_delta(*frozen, n=n, complement=False)
+    x_star, _ = _argmax_log_delta(*frozen, n=n, rest=None)
     x_star = jax.lax.stop_gradient(x_star)
-    first, second = _derivatives(x_star, uty, ut1, eigvals, n=n, complement=False)
+    first, second = _derivatives(x_star, uty, ut1, eigvals, n=n, rest=None)
     lo, hi = LOG_DELTA_BOUNDS
     interior = (x_star > lo + 1e-3) & (x_star < hi - 1e-3) & (second < 0)
     step = jnp.where(interior, first / jnp.where(interior, second, -1.0), 0.0)
     x = x_star - step
-    llr = gp_log_likelihood_ratio(x, uty, ut1, eigvals, n=n, complement=False)
+    llr = gp_log_likelihood_ratio(x, uty, ut1, eigvals, n=n)
     fsv, fsv_se = _fsv(x, gower, second)
     return GPFit(llr=jnp.maximum(llr, 0.0), log_delta=x, fsv=fsv, fsv_se=fsv_se)
 
@@ -278,10 +286,49 @@ def fit_gp(z: Array, factor: KernelFactor) -> GPFit:
       >>> bool(fit.llr[0] > 20.0), bool(fit.fsv[0] > 0.9)  # a smooth wave is spatial
       (True, True)
     """
-    n = z.shape[0]
-    s, ut1, gower, complement = _kernel_arrays(factor, n)
-    uty = (jnp.asarray(z, dtype=jnp.float32).T @ jnp.asarray(factor.eigvecs, dtype=jnp.float32))
-    return _fit(uty, ut1, s, jnp.float32(gower), n=n, complement=complement)
+    n, m = z.shape[0], factor.eigvals.shape[0]
+    s = jnp.asarray(factor.eigvals, dtype=jnp.float32)
+    ut1_64 = factor.eigvecs.sum(axis=0)
+    ut1 = jnp.asarray(ut1_64, dtype=jnp.float32)
+    if m == n:
+        uty = jnp.asarray(z, dtype=jnp.float32).T @ jnp.asarray(factor.eigvecs, jnp.float32)
+        rest = None
+    else:  # the null-space sums cancel catastrophically in float32 at large n
+        z64 = np.asarray(z, dtype=np.float64)
+        uty_64 = z64.T @ factor.eigvecs
+        rest = NullSpace(
+            ones=jnp.float32(n - ut1_64 @ ut1_64),
+            cross=jnp.asarray(z64.sum(axis=0) - uty_64 @ ut1_64, dtype=jnp.float32),
+            squares=jnp.asarray((z64**2).sum(axis=0) - (uty_64**2).sum(axis=1), jnp.float32),
+        )
+        uty = jnp.asarray(uty_64, dtype=jnp.float32)
+    return _fit(uty, ut1, s, jnp.float32(factor.gower), rest, n=n)
+
+
+def gp_posterior_mean(z: Array, factor: KernelFactor, log_delta: Array) -> Array:
+    """Posterior mean of the spatial component of standardised genes (GP smoothing).
+
+    ``E[f | y] = K (K + delta I)^{-1} y = U diag(s / (s + delta)) U^T y`` per gene, with the
+    gene's own noise ratio; directions outside a low-rank kernel's span are smoothed to 0.
+
+    Args:
+      z: standardised expression, shape `(n_spots, n_genes)`.
+      factor: the kernel's `KernelFactor`.
+      log_delta: fitted ``log delta`` per gene, shape `(n_genes,)`.
+
+    Returns:
+      Smoothed values on the standardised scale, shape `(n_spots, n_genes)`.
+
+    Examples:
+      >>> from diffomics.spatial._kernels import exact_factor
+      >>> smooth = gp_posterior_mean(jnp.eye(3)[:, :1], exact_factor(np.eye(3)), jnp.zeros(1))
+      >>> smooth.ravel().tolist()  # K = I, delta = 1: halfway to the data
+      [0.5, 0.0, 0.0]
+    """
+    u = jnp.asarray(factor.eigvecs, dtype=jnp.float32)
+    s = jnp.asarray(factor.eigvals, dtype=jnp.float32)
+    shrink = s[:, None] / (s[:, None] + jnp.exp(log_delta)[None, :])
+    return u @ (shrink * (u.T @ z))
 
 
 def mixture_log_pvalue(statistic: Array) -> Array:

@@ -59,7 +59,8 @@ def regress_out(values: Array, covariate: Array) -> Array:
 
     Args:
       values: spots x genes.
-      covariate: shape `(n_spots,)`, e.g. log total counts.
+      covariate: shape `(n_spots,)` (e.g. log total counts), or `(n_spots, n_genes)` for one
+        covariate per gene (e.g. log counts of the other genes).
 
     Returns:
       Residual values, same shape.
@@ -71,6 +72,8 @@ def regress_out(values: Array, covariate: Array) -> Array:
     """
     y = jnp.asarray(values)
     c = jnp.asarray(covariate)
-    centred = c - jnp.mean(c)
-    beta = (centred @ (y - jnp.mean(y, axis=0, keepdims=True))) / jnp.sum(centred**2)
-    return y - c[:, None] * beta[None, :]
+    c = jnp.broadcast_to(c[:, None] if c.ndim == 1 else c, y.shape)
+    centred = c - jnp.mean(c, axis=0, keepdims=True)
+    resid = y - jnp.mean(y, axis=0, keepdims=True)
+    beta = jnp.sum(centred * resid, axis=0) / jnp.sum(centred**2, axis=0)
+    return y - c * beta[None, :]

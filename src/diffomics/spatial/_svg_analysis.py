@@ -17,6 +17,7 @@ from diffomics.core._multiple_testing import benjamini_hochberg, storey_pi0
 from diffomics.spatial._gp_test import (
     fit_gp,
     gene_sparsity,
+    gp_posterior_mean,
     permutation_null,
     permute_genes,
     standardize,
@@ -69,8 +70,13 @@ def _values(
             msg = f"adata.obs has no {total_counts_key!r}; found {list(adata.obs.columns)}."
             raise MissingKeyError(msg)
         totals = adata.obs[total_counts_key].to_numpy(np.float64)
+        covariate, name = np.log(np.maximum(totals, 1e-300)), "log_total_counts"
     else:
         totals = x.sum(axis=1)
+        # each gene against the counts of the *other* genes: a gene's own counts in the total
+        # make its coefficient on log totals positive, and regressing the spatial pattern of
+        # the total out of a null gene then writes that pattern into it
+        covariate, name = np.log1p(totals[:, None] - x), "log1p_total_counts_of_other_genes"
     if np.any(totals <= 0):
         msg = (
             f"{int(np.sum(totals <= 0))} spot(s) have zero total counts; remove them first "
@@ -78,8 +84,8 @@ def _values(
         )
         raise ShapeError(msg)
     values, phi = stabilize(jnp.asarray(x, dtype=jnp.float32))
-    report.update(phi=float(phi), regressed="log_total_counts")
-    values = regress_out(values, jnp.log(jnp.asarray(totals, dtype=jnp.float32)))
+    report.update(phi=float(phi), regressed=name)
+    values = regress_out(values, jnp.asarray(covariate, dtype=jnp.float32))
     return np.asarray(values, dtype=np.float64), sparsity, report
 
 
@@ -100,7 +106,7 @@ def _scan(z_list, coords, kernel, scales, *, chunk_size, exact_max_spots, n_indu
     """Best fit over a kernel family for each matrix in `z_list` (genes in chunks)."""
     best = [
         {k: np.full(z.shape[1], np.nan if k != "llr" else -np.inf) for k in
-         ("llr", "fsv", "fsv_se", "lengthscale")}
+         ("llr", "fsv", "fsv_se", "lengthscale", "log_delta")}
         for z in z_list
     ]
     n_chunks = sum(-(-z.shape[1] // chunk_size) for z in z_list)
@@ -120,8 +126,75 @@ def _scan(z_list, coords, kernel, scales, *, chunk_size, exact_max_spots, n_indu
                     out["fsv_se"][sl] = np.where(better, np.asarray(fit.fsv_se),
                                                  out["fsv_se"][sl])
                     out["lengthscale"][sl] = np.where(better, scale, out["lengthscale"][sl])
+                    out["log_delta"][sl] = np.where(better, np.asarray(fit.log_delta),
+                                                    out["log_delta"][sl])
                     bar.update(1)
     return best
+
+
+def _family_scales(coords, kernel, lengthscales, *, n_lengthscales, exact_max_spots,
+                   n_inducing):
+    """The kernel family's grid, and the scales dropped as too short for the Nystrom path."""
+    n = coords.shape[0]
+    if kernel == "linear":
+        return np.array([np.nan]), []
+    if lengthscales is not None:
+        scales = np.asarray(lengthscales, dtype=np.float64)
+        if scales.ndim != 1 or np.any(~np.isfinite(scales)) or np.any(scales <= 0):
+            msg = f"lengthscales must be a 1-d array of finite values > 0; found {scales!r}."
+            raise ConfigError(msg)
+    else:
+        scales = lengthscale_grid(coords, n=n_lengthscales)
+    if n <= exact_max_spots:
+        return scales, []
+    spacing = np.sqrt(np.prod(np.ptp(coords, axis=0)) / n_inducing)
+    keep = scales >= 0.5 * spacing
+    if not keep.any():
+        msg = (
+            f"every lengthscale is shorter than half the inducing-point spacing "
+            f"({spacing:.3g}); raise n_inducing."
+        )
+        raise ConfigError(msg)
+    return scales[keep], scales[~keep].tolist()
+
+
+def _model_search(z, coords, log_lik_null, best_bic, kernel, *, n_lengthscales, **scan_kwargs):
+    """BIC of each kernel family for the genes in `z`; SpatialDE's ``model_search``."""
+    n = coords.shape[0]
+    bics = {kernel: best_bic}
+    for family in KERNELS:
+        if family == kernel:
+            continue
+        scales, _ = _family_scales(
+            coords, family, None, n_lengthscales=n_lengthscales,
+            exact_max_spots=scan_kwargs["exact_max_spots"], n_inducing=scan_kwargs["n_inducing"],
+        )
+        fit = _scan([z], coords, family, scales, **scan_kwargs)[0]
+        bics[family] = -2.0 * (np.maximum(fit["llr"], 0.0) + log_lik_null)
+        bics[family] = bics[family] + _N_PARAMS[family] * np.log(n)
+    names = list(bics)
+    matrix = np.stack([bics[k] for k in names], axis=1)
+    log_w = -0.5 * (matrix - matrix.min(axis=1, keepdims=True))
+    prob = np.exp(log_w) / np.exp(log_w).sum(axis=1, keepdims=True)
+    best = matrix.argmin(axis=1)
+    return np.array(names)[best], prob[np.arange(len(best)), best], bics
+
+
+def _smoothed(table, values, z, fits, coords, kernel, n_top, *, index, **factor_kwargs):
+    """GP posterior means of the strongest significant genes, back in the values' units."""
+    ranked = table.assign(_i=np.arange(len(table)))[table["is_spatial"]]
+    top = ranked.sort_values("llr", ascending=False).head(n_top)
+    columns = {}
+    for scale in np.unique(top["lengthscale"].to_numpy()):
+        genes = top[top["lengthscale"] == scale]
+        idx = genes["_i"].to_numpy()
+        (_, factor), = _factors(coords, kernel, [scale], **factor_kwargs)
+        smooth = np.asarray(gp_posterior_mean(
+            jnp.asarray(z[:, idx]), factor, jnp.asarray(fits["log_delta"][idx], jnp.float32)))
+        sd, mean = values[:, idx].std(axis=0), values[:, idx].mean(axis=0)
+        for j, name in enumerate(genes.index):
+            columns[name] = mean[j] + sd[j] * smooth[:, j]
+    return pd.DataFrame({g: columns[g] for g in top.index}, index=index)
 
 
 def spatial_genes(
@@ -139,6 +212,8 @@ def spatial_genes(
     chunk_size: int = 2000,
     alpha: float = 0.05,
     storey: bool = False,
+    model_search: bool = False,
+    n_smoothed: int = 12,
     seed: int = 0,
     progress: bool | None = None,
     key_added: str = "spatial_genes",
@@ -148,8 +223,12 @@ def spatial_genes(
     Steps:
 
     1. raw counts (detected, or ``counts=True``) are variance-stabilised
-       (`diffomics.spatial.stabilize`) and the log total counts per spot regressed out;
-       other values are used as they are;
+       (`diffomics.spatial.stabilize`) and the spot's log total counts regressed out (from
+       ``obs[total_counts_key]`` as given, as SpatialDE does; by default, for each gene,
+       ``log(1 + counts of the other genes)``, because with few genes a gene's own counts in
+       the total bias its coefficient and regressing the total's spatial pattern out then
+       writes that pattern into null genes: 35 of 180 null genes called at 10,000 spots with
+       the plain total, 0 without it); other values are used as they are;
     2. for each kernel of the family (SpatialDE's grid of ``n_lengthscales`` lengthscales from
        half the smallest to twice the largest distance, or `lengthscales`) every gene's
        GP likelihood ratio against the constant model is maximised over the noise ratio,
@@ -178,13 +257,20 @@ def spatial_genes(
       n_lengthscales: size of SpatialDE's grid.
       counts: whether the values are raw counts; None decides from the data (non-negative
         integers).
-      total_counts_key: column of ``obs`` with the total counts per spot; None sums the
-        genes in `adata`.
+      total_counts_key: column of ``obs`` with the total counts per spot, regressed out as
+        they are; None uses, per gene, the counts of the other genes in `adata`.
       exact_max_spots: above this many spots, use the Nystrom factor.
       n_inducing: inducing points of the Nystrom factor.
       chunk_size: genes per chunk.
       alpha: FDR level of ``is_spatial``.
       storey: use Storey's pi0 in the q-values.
+      n_smoothed: how many of the strongest significant genes get their GP posterior mean
+        (the smoothed expression, in the units of the tested values) stored for plotting.
+      model_search: for the significant genes, also fit the other kernel families
+        (squared exponential, periodic, linear) and choose by BIC, as SpatialDE's
+        ``model_search`` does; adds ``model``, ``model_prob`` (the chosen model's BIC weight
+        ``exp(-BIC/2)`` normalised over the families; SpatialDE uses ``exp(-BIC)``) and
+        ``bic_<family>``.
       seed: seed of the permutations and of the inducing points.
       progress: progress bar over chunks; None shows it on a terminal only.
       key_added: ``adata.uns[key_added]`` receives the parameters and the null summary.
@@ -196,7 +282,8 @@ def spatial_genes(
       ``pval``, ``qval``, ``is_spatial`` (``qval < alpha``), ``sparsity`` (fraction of spots
       at the gene's minimum) and ``bic`` (of the best kernel). The same columns are written
       to ``adata.var`` (``fsv``, ``pval``, ...); nothing else in `adata` changes except
-      ``adata.uns[key_added]``.
+      ``adata.uns[key_added]`` and ``adata.obsm[f"{key_added}_smoothed"]`` (DataFrame,
+      spots x up to `n_smoothed` genes, strongest first).
 
     Raises:
       MissingKeyError: no coordinates, layer or total-count column.
@@ -242,27 +329,10 @@ def spatial_genes(
             stacklevel=2,
         )
     n = coords.shape[0]
-    if kernel == "linear":
-        scales = np.array([np.nan])
-    elif lengthscales is not None:
-        scales = np.asarray(lengthscales, dtype=np.float64)
-        if scales.ndim != 1 or np.any(~np.isfinite(scales)) or np.any(scales <= 0):
-            msg = f"lengthscales must be a 1-d array of finite values > 0; found {scales!r}."
-            raise ConfigError(msg)
-    else:
-        scales = lengthscale_grid(coords, n=n_lengthscales)
-    dropped = []
-    if n > exact_max_spots and kernel != "linear":
-        area = np.prod(np.ptp(coords, axis=0))
-        spacing = np.sqrt(area / n_inducing)
-        dropped = scales[scales < 0.5 * spacing].tolist()
-        scales = scales[scales >= 0.5 * spacing]
-        if scales.size == 0:
-            msg = (
-                f"every lengthscale is shorter than half the inducing-point spacing "
-                f"({spacing:.3g}); raise n_inducing."
-            )
-            raise ConfigError(msg)
+    scales, dropped = _family_scales(
+        coords, kernel, lengthscales, n_lengthscales=n_lengthscales,
+        exact_max_spots=exact_max_spots, n_inducing=n_inducing,
+    )
     show = sys.stderr.isatty() if progress is None else progress
     # the permutation null needs enough statistics: permute small gene sets several times
     n_perm = int(np.ceil(_MIN_NULL / z.shape[1]))
@@ -300,8 +370,29 @@ def spatial_genes(
         },
         index=adata.var_names.copy(),
     )
+    if model_search:
+        table["model"] = ""
+        table["model_prob"] = np.nan
+        chosen = table["is_spatial"].to_numpy()
+        if chosen.any():
+            model, prob, bics = _model_search(
+                z[:, chosen], coords, log_lik_null[chosen], bic[chosen], kernel,
+                n_lengthscales=n_lengthscales, chunk_size=chunk_size,
+                exact_max_spots=exact_max_spots, n_inducing=n_inducing, seed=seed,
+                progress=show,
+            )
+            table.loc[chosen, "model"] = model
+            table.loc[chosen, "model_prob"] = prob
+            for family, family_bic in bics.items():
+                table[f"bic_{family}"] = np.nan
+                table.loc[chosen, f"bic_{family}"] = family_bic
     for column in table.columns:
         adata.var[column] = table[column].to_numpy()
+    adata.obsm[f"{key_added}_smoothed"] = _smoothed(
+        table, values, z, observed, coords, kernel, n_smoothed,
+        exact_max_spots=exact_max_spots, n_inducing=n_inducing, seed=seed,
+        index=adata.obs_names,
+    )
     adata.uns[key_added] = {
         "params": {
             "spatial_key": spatial_key,
