@@ -6,7 +6,7 @@ DIFFBIO_VENV := .venv-diffbio
 PY312 ?= $(shell pyenv root 2>/dev/null)/versions/3.12.1/bin/python
 THREADS ?= 2
 
-.PHONY: demo test lint bench bench-deconv bench-env clean
+.PHONY: demo test lint bench bench-deconv bench-svg bench-env clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -41,7 +41,11 @@ bench-deconv: bench-env
 	$(BENCH_VENV)/bin/python benchmarks/deconvolution.py --threads $(THREADS) \
 		--diffbio-python $(DIFFBIO_VENV)/bin/python
 
-bench: bench-deconv
+bench-svg: bench-env
+	$(BENCH_VENV)/bin/python benchmarks/spatial_genes.py --threads $(THREADS) \
+		--diffbio-python $(DIFFBIO_VENV)/bin/python
+
+bench: bench-deconv bench-svg
 
 clean:
 	rm -rf demo_out .pytest_cache .ruff_cache

@@ -15,6 +15,9 @@ from diffomics.core._fit import fit as fit
 from diffomics.core._likelihoods import gaussian_log_prob as gaussian_log_prob
 from diffomics.core._likelihoods import nb_log_prob as nb_log_prob
 from diffomics.core._likelihoods import poisson_log_prob as poisson_log_prob
+from diffomics.core._multiple_testing import benjamini_hochberg as benjamini_hochberg
+from diffomics.core._multiple_testing import storey_pi0 as storey_pi0
+from diffomics.core._numerics import safe_eigh as safe_eigh
 from diffomics.core._operator import Operator as Operator
 from diffomics.core._operator import OperatorConfig as OperatorConfig
 
@@ -29,6 +32,7 @@ __all__ = [
     "Operator",
     "OperatorConfig",
     "ShapeError",
+    "benjamini_hochberg",
     "check_counts",
     "check_finite",
     "check_matrix",
@@ -36,4 +40,6 @@ __all__ = [
     "gaussian_log_prob",
     "nb_log_prob",
     "poisson_log_prob",
+    "safe_eigh",
+    "storey_pi0",
 ]

@@ -60,7 +60,7 @@ __all__ = [
 #: Search range of log(delta), SpatialDE's bounds.
 LOG_DELTA_BOUNDS = (-10.0, 20.0)
 _GRID = 61
-_GOLDEN_STEPS = 30
+_GOLDEN_STEPS = 26
 #: Statistics below this are numerically zero (float32 noise at the boundary delta -> inf).
 _ZERO = 1e-3
 
@@ -187,14 +187,20 @@ def _argmax_log_delta(uty, ut1, s, *, n, rest):
         return gp_log_likelihood_ratio(x, uty, ut1, s, n=n, rest=rest)
 
     ratio = (np.sqrt(5.0) - 1.0) / 2.0
+    c, d = b - ratio * (b - a), a + ratio * (b - a)
 
-    def golden(_, bracket):
-        a, b = bracket
-        x1, x2 = b - ratio * (b - a), a + ratio * (b - a)
-        left = f(x1) >= f(x2)
-        return jnp.where(left, a, x1), jnp.where(left, x2, b)
+    def golden(_, state):
+        # one new evaluation per step: the surviving interior point keeps its value
+        a, b, c, d, fc, fd = state
+        left = fc >= fd  # the maximum is in [a, d], else in [c, b]
+        a2, b2 = jnp.where(left, a, c), jnp.where(left, d, b)
+        new = jnp.where(left, b2 - ratio * (b2 - a2), a2 + ratio * (b2 - a2))
+        fnew = f(new)
+        c2, fc2 = jnp.where(left, new, d), jnp.where(left, fnew, fd)
+        d2, fd2 = jnp.where(left, c, new), jnp.where(left, fc, fnew)
+        return a2, b2, c2, d2, fc2, fd2
 
-    a, b = jax.lax.fori_loop(0, _GOLDEN_STEPS, golden, (a, b))
+    a, b, *_ = jax.lax.fori_loop(0, _GOLDEN_STEPS, golden, (a, b, c, d, f(c), f(d)))
     x = 0.5 * (a + b)
     fx = f(x)
     grid_best = jnp.max(values, axis=1)
@@ -225,10 +231,13 @@ def _fsv(x, gower, curvature):
     return fsv, jnp.abs(dfsv) * jnp.sqrt(var)
 
 
-@functools.partial(jax.jit, static_argnames=("n",))
-def _fit(uty, ut1, s, gower, rest, *, n):
+@functools.partial(jax.jit, static_argnames=("n", "standard_error"))
+def _fit(uty, ut1, s, gower, rest, *, n, standard_error):
     x, llr = _argmax_log_delta(uty, ut1, s, n=n, rest=rest)
-    _, curvature = _derivatives(x, uty, ut1, s, n=n, rest=rest)
+    if standard_error:
+        _, curvature = _derivatives(x, uty, ut1, s, n=n, rest=rest)
+    else:
+        curvature = jnp.full_like(x, jnp.nan)
     fsv, fsv_se = _fsv(x, gower, curvature)
     return GPFit(llr=jnp.maximum(llr, 0.0), log_delta=x, fsv=fsv, fsv_se=fsv_se)
 
@@ -267,12 +276,13 @@ def fit_gp_implicit(z: Array, eigvals: Array, eigvecs: Array, gower: Array) -> G
     return GPFit(llr=jnp.maximum(llr, 0.0), log_delta=x, fsv=fsv, fsv_se=fsv_se)
 
 
-def fit_gp(z: Array, factor: KernelFactor) -> GPFit:
+def fit_gp(z: Array, factor: KernelFactor, *, standard_error: bool = True) -> GPFit:
     """Fit the SpatialDE GP model to every gene for one kernel.
 
     Args:
       z: standardised expression (`standardize`), shape `(n_spots, n_genes)`.
       factor: the kernel's `KernelFactor` (from `exact_factor` or `nystrom_factor`).
+      standard_error: compute ``fsv_se`` (a second derivative per gene); False fills NaN.
 
     Returns:
       A `GPFit` of `(n_genes,)` arrays.
@@ -302,7 +312,9 @@ def fit_gp(z: Array, factor: KernelFactor) -> GPFit:
             squares=jnp.asarray((z64**2).sum(axis=0) - (uty_64**2).sum(axis=1), jnp.float32),
         )
         uty = jnp.asarray(uty_64, dtype=jnp.float32)
-    return _fit(uty, ut1, s, jnp.float32(factor.gower), rest, n=n)
+    return _fit(
+        uty, ut1, s, jnp.float32(factor.gower), rest, n=n, standard_error=standard_error
+    )
 
 
 def gp_posterior_mean(z: Array, factor: KernelFactor, log_delta: Array) -> Array:
