@@ -71,6 +71,18 @@ def machine() -> dict:
     }
 
 
+def merge_previous(name: str, payload: dict, key: str, methods: list[str]) -> None:
+    """Start ``payload[key]`` from the last run's results (``--update``), noting what reran."""
+    path = RESULTS_DIR / f"{name}.json"
+    if not path.exists():
+        return
+    kept = json.loads(path.read_text())
+    payload[key] = kept[key]
+    payload["updated"] = kept.get("updated", []) + [
+        {"methods": methods, "date": payload["machine"]["date"]}
+    ]
+
+
 def write_results(name: str, payload: dict, markdown: str) -> tuple[Path, Path]:
     """Write ``results/<name>.json`` and ``results/<name>.md``; return both paths."""
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)

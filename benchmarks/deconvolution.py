@@ -27,7 +27,14 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _harness import RESULTS_DIR, machine, pinned_cpus, run_child, write_results  # noqa: E402
+from _harness import (  # noqa: E402
+    RESULTS_DIR,
+    machine,
+    merge_previous,
+    pinned_cpus,
+    run_child,
+    write_results,
+)
 
 SEED = 0
 DATASETS = {
@@ -288,13 +295,8 @@ def main() -> None:
             "reference profiles' mean total, and coordinates are standardised.",
         ],
     }
-    previous = RESULTS_DIR / "deconvolution.json"
-    if args.update and previous.exists():
-        kept = json.loads(previous.read_text())
-        payload["datasets"] = kept["datasets"]
-        payload["updated"] = kept.get("updated", []) + [
-            {"methods": args.methods.split(","), "date": payload["machine"]["date"]}
-        ]
+    if args.update:
+        merge_previous("deconvolution", payload, "datasets", args.methods.split(","))
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.datasets.split(","):
             folder = Path(tmp) / name

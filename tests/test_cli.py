@@ -22,6 +22,9 @@ def test_demo_writes_its_outputs(tmp_path, capsys):
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
     assert adata.uns["provenance"]["dataset_name"] == "seqfish_cortex_zhu2018"
     assert not list(out.glob(".*"))  # no temporary files left behind
+    svg = pd.read_csv(out / "mob_spatial_genes.tsv", sep="\t", index_col=0)
+    assert svg["is_spatial"].sum() > 67 and svg.index[0] in {"Cpe", "Fabp7", "Cck"}
+    assert (out / "mob_spatial_genes_on_tissue.png").stat().st_size > 10_000
 
 
 def test_deconvolve_command(tmp_path, capsys):

@@ -55,11 +55,11 @@ pin the process (e.g. with ``taskset``) to limit it strictly.
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 
 import numpy as np
+from _threads import limit_threads
 
 __all__ = ["main", "prepare_inputs", "train_diffbio"]
 
@@ -67,13 +67,6 @@ _ENTROPY_WEIGHT = 0.01
 _LOG_EPS = 1e-8
 _HIDDEN_DIM = 128
 _TEMPERATURE = 1.0
-
-
-def _limit_threads(threads: int) -> None:
-    """Set the thread-count environment variables; call before importing jax."""
-    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[name] = str(int(threads))
-    os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 
 def prepare_inputs(
@@ -242,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     with np.load(argv[0]) as inputs:
         arrays = {key: inputs[key] for key in inputs.files}
-    _limit_threads(int(arrays["threads"]))
+    limit_threads(int(arrays["threads"]))
     spots, coords, profiles = prepare_inputs(
         arrays["spots"], arrays["coords"], arrays["reference_profiles"]
     )

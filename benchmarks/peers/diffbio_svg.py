@@ -41,11 +41,11 @@ pin the process (e.g. with ``taskset``) to limit it strictly.
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 
 import numpy as np
+from _threads import limit_threads
 
 __all__ = ["detect_diffbio", "main"]
 
@@ -57,13 +57,6 @@ _HIDDEN_DIMS = [64, 32]
 _TEMPERATURE = 1.0
 _PVALUE_THRESHOLD = 0.05
 _SEED = 42
-
-
-def _limit_threads(threads: int) -> None:
-    """Set the thread-count environment variables; call before importing jax."""
-    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[name] = str(int(threads))
-    os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 
 def _validate(
@@ -187,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     with np.load(argv[0]) as inputs:
         arrays = {key: inputs[key] for key in inputs.files}
-    _limit_threads(int(arrays["threads"]))
+    limit_threads(int(arrays["threads"]))
     result = detect_diffbio(arrays["coords"], arrays["expression"], arrays["total_counts"])
     np.savez(argv[1], **result)
     return 0

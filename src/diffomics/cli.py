@@ -43,6 +43,21 @@ def _atomic(path: Path, write: Callable[[Path], None]) -> Path:
     return path
 
 
+def _save_figure(fig, stem: Path, formats=("png", "svg")) -> list[Path]:
+    """Write `fig` atomically as ``stem.<format>`` for each format, then close it."""
+    import matplotlib.pyplot as plt
+
+    paths = [
+        _atomic(
+            stem.with_name(f"{stem.name}.{fmt}"),
+            lambda p, f=fmt: fig.savefig(p, dpi=120, format=f, bbox_inches="tight"),
+        )
+        for fmt in formats
+    ]
+    plt.close(fig)
+    return paths
+
+
 def _read_h5ad(path: str):
     import anndata as ad
 
@@ -58,11 +73,6 @@ def _read_h5ad(path: str):
 
 def _write_deconvolution(spots, result, out: Path, stem: str) -> list[Path]:
     """Write the AnnData, the proportions table and the proportions figure."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from diffomics.plotting import proportions_on_tissue
 
     written = [
@@ -73,15 +83,7 @@ def _write_deconvolution(spots, result, out: Path, stem: str) -> list[Path]:
         ),
     ]
     if "spatial" in spots.obsm:
-        fig = proportions_on_tissue(spots, "proportions")
-        for suffix in ("png", "svg"):
-            written.append(
-                _atomic(
-                    out / f"proportions_on_tissue.{suffix}",
-                    lambda p, s=suffix: fig.savefig(p, dpi=120, format=s, bbox_inches="tight"),
-                )
-            )
-        plt.close(fig)
+        written += _save_figure(proportions_on_tissue(spots), out / "proportions_on_tissue")
     return written
 
 
@@ -110,11 +112,6 @@ def _cmd_deconvolve(args: argparse.Namespace) -> None:
 
 
 def _cmd_spatial_genes(args: argparse.Namespace) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from diffomics.plotting import spatial_genes_on_tissue
     from diffomics.spatial import spatial_genes
 
@@ -138,15 +135,7 @@ def _cmd_spatial_genes(args: argparse.Namespace) -> None:
         ),
     ]
     if table["is_spatial"].any():
-        fig = spatial_genes_on_tissue(adata)
-        for suffix in ("png", "svg"):
-            written.append(
-                _atomic(
-                    out / f"spatial_genes_on_tissue.{suffix}",
-                    lambda p, s=suffix: fig.savefig(p, dpi=120, format=s, bbox_inches="tight"),
-                )
-            )
-        plt.close(fig)
+        written += _save_figure(spatial_genes_on_tissue(adata), out / "spatial_genes_on_tissue")
     print(
         f"tested {adata.n_vars} genes over {adata.n_obs} spots: "
         f"{int(table['is_spatial'].sum())} spatially variable at q < 0.05"
@@ -195,9 +184,41 @@ def _cmd_demo(args: argparse.Namespace) -> None:
         )
     print("mean estimated composition:")
     print(result.proportions.mean().sort_values(ascending=False).round(3).to_string())
+    written += _demo_spatial_genes(out)
     for path in written:
         print(f"wrote {path}")
     print(f"done in {time.perf_counter() - start:.1f} s")
+
+
+def _demo_spatial_genes(out: Path) -> list[Path]:
+    """Spatially variable genes of the bundled mouse olfactory bulb, as SpatialDE's paper."""
+    import numpy as np
+
+    from diffomics.datasets import mouse_olfactory_bulb
+    from diffomics.plotting import spatial_genes_on_tissue
+    from diffomics.spatial import spatial_genes
+
+    mob = mouse_olfactory_bulb()
+    mob = mob[:, np.asarray(mob.X.sum(axis=0)).ravel() >= 3].copy()
+    table = spatial_genes(mob, total_counts_key="total_counts", progress=None)
+    print(
+        f"mouse olfactory bulb (Stahl et al. 2016): {mob.n_vars} genes over {mob.n_obs} spots, "
+        f"{int(table['is_spatial'].sum())} spatially variable at q < 0.05; strongest:"
+    )
+    print(
+        table.sort_values("llr", ascending=False)
+        .head(5)[["fsv", "lengthscale", "qval"]]
+        .to_string(float_format=lambda v: f"{v:.3g}")
+    )
+    written = [
+        _atomic(
+            out / "mob_spatial_genes.tsv",
+            lambda p: table.sort_values("pval").to_csv(p, sep="\t", float_format="%.6g"),
+        )
+    ]
+    return written + _save_figure(
+        spatial_genes_on_tissue(mob), out / "mob_spatial_genes_on_tissue", formats=("png",)
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -207,7 +228,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="deconvolve the bundled seqFISH cortex pseudo-spots")
+    demo = sub.add_parser(
+        "demo", help="deconvolve bundled seqFISH pseudo-spots; spatial genes of the bundled MOB"
+    )
     demo.add_argument("--out", default="demo_out", help="output folder")
     demo.add_argument("--spot-size", type=float, default=250.0, help="pseudo-spot grid side")
     demo.add_argument("--seed", type=int, default=_default(deconvolve, "seed"))
@@ -235,8 +258,9 @@ def _parser() -> argparse.ArgumentParser:
     svg = sub.add_parser("spatial-genes", help="spatially variable genes (GP test)")
     svg.add_argument("data", help="spots x genes .h5ad with coordinates in obsm")
     svg.add_argument("--spatial-key", default=_default(spatial_genes, "spatial_key"))
-    svg.add_argument("--kernel", default=_default(spatial_genes, "kernel"),
-                     choices=["se", "periodic", "linear"])
+    svg.add_argument(
+        "--kernel", default=_default(spatial_genes, "kernel"), choices=["se", "periodic", "linear"]
+    )
     svg.add_argument("--total-counts-key", default=_default(spatial_genes, "total_counts_key"))
     svg.add_argument("--model-search", action="store_true", help="choose kernels by BIC")
     svg.add_argument("--seed", type=int, default=_default(spatial_genes, "seed"))
@@ -247,6 +271,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``diffomics`` console script; returns the exit status."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
     args = _parser().parse_args(argv)
     try:
         args.func(args)
