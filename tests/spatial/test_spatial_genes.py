@@ -180,6 +180,10 @@ def test_bad_inputs_and_documented_handling():
     with pytest.warns(UserWarning, match="constant"):
         table = spatial_genes(constant, progress=False)
     assert table["pval"].iloc[4] == 1.0 and table["llr"].iloc[4] == 0.0
+    flat = adata.copy()
+    flat.X[:] = 3.0
+    with pytest.raises(ShapeError, match="constant"):
+        spatial_genes(flat, progress=False)
     duplicated = adata.copy()
     duplicated.obsm["spatial"][1] = duplicated.obsm["spatial"][0]  # documented: allowed
     assert np.isfinite(spatial_genes(duplicated, progress=False)["pval"]).all()

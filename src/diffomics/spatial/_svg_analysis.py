@@ -41,7 +41,7 @@ _N_PARAMS = {"se": 4, "periodic": 4, "linear": 3}
 #: Size of the permutation null: at least (small gene sets are permuted several times) and
 #: at most (a random subset of larger ones is permuted).
 _MIN_NULL = 2000
-_MAX_NULL = 5000
+_MAX_NULL = 20000
 
 
 def _coordinates(adata: ad.AnnData, spatial_key: str) -> np.ndarray:
@@ -285,7 +285,7 @@ def spatial_genes(
        GP likelihood ratio against the constant model is maximised over the noise ratio,
        and the best kernel kept per gene;
     3. the same is done with each gene permuted over the spots (several times when there
-       are fewer than 2,000 genes; a random 5,000 when there are more), and the p-value of
+       are fewer than 2,000 genes; a random 20,000 when there are more), and the p-value of
        ``2 * LLR`` read from that permutation null within strata of gene sparsity with a
        fitted exponential tail (`permutation_null`), so the p-values are calibrated for the
        maximum over lengthscales and for sparse, non-Gaussian genes;
@@ -379,6 +379,9 @@ def spatial_genes(
     z, constant = standardize(jnp.asarray(values, dtype=jnp.float32))
     z = np.asarray(z, dtype=np.float32)
     constant = np.asarray(constant) | report.pop("constant")
+    if constant.all():
+        msg = f"every one of the {constant.size} genes is constant over the spots; nothing to test."
+        raise ShapeError(msg)
     if constant.any():
         warnings.warn(
             f"{int(constant.sum())} gene(s) are constant over the spots (e.g. "
