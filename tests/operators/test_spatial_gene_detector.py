@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from diffomics import ConfigError, NonFiniteError, ShapeError
+from diffomics import ConfigError, CountsError, NonFiniteError, ShapeError
 from diffomics.core._numerics import safe_eigh
 from diffomics.operators import SPATIAL_GENE_KEYS as K
 from diffomics.operators.multiomics import (
@@ -207,5 +207,5 @@ def test_bad_inputs():
         op.apply({**data, K.EXPRESSION: data[K.EXPRESSION][:, :3]}, {}, None)
     with pytest.raises(ShapeError, match="at least 3 spots"):
         op.apply({K.SPATIAL_COORDS: xy[:2], K.EXPRESSION: data[K.EXPRESSION][:2]}, {}, None)
-    with pytest.raises(ShapeError, match="total_counts"):
+    with pytest.raises(CountsError, match="total_counts"):
         op.apply({**_data(counts=True), K.TOTAL_COUNTS: jnp.zeros(60)}, {}, None)

@@ -12,12 +12,12 @@ from flax import nnx
 from jax import Array
 
 from diffomics.core._checks import check_finite, check_matrix, check_positive, is_traced
-from diffomics.core._errors import ConfigError, ShapeError
+from diffomics.core._errors import ConfigError, CountsError, ShapeError
 from diffomics.core._numerics import safe_eigh
 from diffomics.core._operator import Operator, OperatorConfig
 from diffomics.operators._keys import SPATIAL_GENE_KEYS as K
 from diffomics.spatial._gp_test import fit_gp_implicit, mixture_log_pvalue, standardize
-from diffomics.spatial._kernels import kernel_matrix
+from diffomics.spatial._kernels import gower_factor, kernel_matrix
 from diffomics.spatial._preprocess import regress_out, stabilize
 
 __all__ = ["DifferentiableSpatialGeneDetector", "SpatialGeneDetectorConfig"]
@@ -154,7 +154,7 @@ class DifferentiableSpatialGeneDetector(Operator):
             check_matrix(totals, K.TOTAL_COUNTS, ndim=1, shape=(coords.shape[0],))
             if not is_traced(totals) and bool(jnp.any(totals <= 0)):
                 msg = f"{K.TOTAL_COUNTS} must be > 0 for every spot (its log is regressed out)."
-                raise ShapeError(msg)
+                raise CountsError(msg)
             y = regress_out(stabilize(y)[0], jnp.log(totals))
         return coords, y
 
@@ -165,9 +165,7 @@ class DifferentiableSpatialGeneDetector(Operator):
     def _spectrum(self, coords: Array) -> tuple[Array, Array, Array]:
         k = self.kernel(coords)
         s, u = safe_eigh(k)
-        n = k.shape[0]
-        gower = (jnp.trace(k) - jnp.sum(k) / n) / (n - 1)
-        return jnp.maximum(s, 1e-8), u, gower
+        return jnp.maximum(s, 1e-8), u, gower_factor(k)
 
     def outputs(self, data: Mapping[str, Any]) -> dict[str, Array]:
         """FSV, p-values, soft spatial indicator and smoothed expression for `data`."""

@@ -108,25 +108,25 @@ def kernel_matrix(
     raise ConfigError(msg)
 
 
-def gower_factor(k: np.ndarray) -> float:
+def gower_factor(k: Array) -> Array:
     """Gower normalisation factor ``tr(P K P) / (n - 1)`` with the centring matrix ``P``.
 
     The average variance a kernel induces around the sample mean; SpatialDE's fraction of
     spatial variance divides by it so that FSV is comparable across lengthscales.
+    Differentiable in `k`.
 
     Args:
       k: kernel matrix, shape `(n, n)`.
 
     Returns:
-      The factor (float).
+      The factor, a scalar.
 
     Examples:
-      >>> gower_factor(np.eye(4))
+      >>> float(gower_factor(jnp.eye(4)))
       1.0
     """
-    k = np.asarray(k, dtype=np.float64)
     n = k.shape[0]
-    return float((np.trace(k) - k.sum() / n) / (n - 1))
+    return (jnp.trace(k) - jnp.sum(k) / n) / (n - 1)
 
 
 def lengthscale_grid(coords: np.ndarray, *, n: int = 10) -> np.ndarray:
@@ -179,7 +179,7 @@ def exact_factor(k: np.ndarray) -> KernelFactor:
     """
     k = np.asarray(k, dtype=np.float64)
     s, u = scipy.linalg.eigh(k, driver="evd")
-    return KernelFactor(np.clip(s, 1e-8, None), u, gower_factor(k))
+    return KernelFactor(np.clip(s, 1e-8, None), u, float(gower_factor(k)))
 
 
 def inducing_points(coords: np.ndarray, *, n_inducing: int, seed: int = 0) -> np.ndarray:

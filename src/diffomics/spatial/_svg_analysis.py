@@ -13,7 +13,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from diffomics.core._checks import check_choice, check_finite, check_matrix
-from diffomics.core._errors import ConfigError, MissingKeyError, ShapeError
+from diffomics.core._errors import ConfigError, CountsError, MissingKeyError, ShapeError
 from diffomics.core._multiple_testing import benjamini_hochberg, storey_pi0
 from diffomics.spatial._gp_test import (
     fit_gp,
@@ -26,6 +26,7 @@ from diffomics.spatial._gp_test import (
 from diffomics.spatial._kernels import (
     KERNELS,
     exact_factor,
+    gower_factor,
     inducing_points,
     kernel_matrix,
     lengthscale_grid,
@@ -85,7 +86,7 @@ def _values(
             f"{int(np.sum(totals <= 0))} spot(s) have zero total counts; remove them first "
             "(they carry no information and log total counts is undefined)."
         )
-        raise ShapeError(msg)
+        raise CountsError(msg)
     values, phi = stabilize(jnp.asarray(x, dtype=jnp.float32))
     report.update(phi=float(phi), regressed=name)
     values = regress_out(values, jnp.asarray(covariate, dtype=jnp.float32))
@@ -219,8 +220,7 @@ def _refine_lengthscales(z, coords, start, *, steps=40, learning_rate=0.05):
     def llr(log_l, y):
         k = kernel_matrix(xy, kernel="se", lengthscale=jnp.exp(log_l))
         s, u = safe_eigh(k)
-        n = k.shape[0]
-        gower = (jnp.trace(k) - jnp.sum(k) / n) / (n - 1)
+        gower = gower_factor(k)
         fit = fit_gp_implicit(y[:, None], jnp.maximum(s, 1e-8), u, gower)
         return fit.llr[0], fit.fsv[0]
 
@@ -344,7 +344,8 @@ def spatial_genes(
 
     Raises:
       MissingKeyError: no coordinates, layer or total-count column.
-      ShapeError: fewer than 3 spots, or a spot with zero total counts.
+      ShapeError: fewer than 3 spots, or every gene constant.
+      CountsError: a spot with zero total counts.
       NonFiniteError: NaN or inf in the coordinates or the expression.
       ConfigError: an argument out of range.
 
