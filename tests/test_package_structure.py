@@ -12,6 +12,7 @@ PUBLIC = [
     "diffomics",
     "diffomics.core",
     "diffomics.spatial",
+    "diffomics.hic",
     "diffomics.operators",
     "diffomics.operators.multiomics",
     "diffomics.sources",

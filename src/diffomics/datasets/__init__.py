@@ -1,5 +1,7 @@
 """Small real datasets bundled with diffomics, with provenance and checksums."""
 
+from diffomics.datasets._readers import gm12878_annotations as gm12878_annotations
+from diffomics.datasets._readers import gm12878_hic as gm12878_hic
 from diffomics.datasets._readers import mouse_olfactory_bulb as mouse_olfactory_bulb
 from diffomics.datasets._readers import osmfish as osmfish
 from diffomics.datasets._readers import provenance as provenance
@@ -12,6 +14,8 @@ __all__ = [
     "DATASETS",
     "DATA_DIR",
     "DatasetInfo",
+    "gm12878_annotations",
+    "gm12878_hic",
     "mouse_olfactory_bulb",
     "osmfish",
     "provenance",

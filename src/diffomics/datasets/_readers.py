@@ -8,10 +8,17 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from diffomics.core._errors import DataIntegrityError
+from diffomics.core._errors import DataIntegrityError, MissingKeyError
 from diffomics.datasets._registry import DATASETS, verify_checksums
 
-__all__ = ["mouse_olfactory_bulb", "osmfish", "provenance", "seqfish_cortex"]
+__all__ = [
+    "gm12878_annotations",
+    "gm12878_hic",
+    "mouse_olfactory_bulb",
+    "osmfish",
+    "provenance",
+    "seqfish_cortex",
+]
 
 
 def _read_gene_matrix(path: Path) -> tuple[list[str], np.ndarray]:
@@ -227,3 +234,55 @@ def mouse_olfactory_bulb(folder: Path | None = None, *, verify: bool = True) -> 
     adata.obsm["spatial"] = info[["x", "y"]].to_numpy(np.float64)
     adata.uns["provenance"] = record
     return adata
+
+
+_HIC_MAPS = {"chr20": "GM12878_chr20_25kb_rep.cool", "chr22": "GM12878_chr22_50kb_prim.cool"}
+
+
+def gm12878_hic(chrom: str = "chr20", folder: Path | None = None, *, verify: bool = True) -> str:
+    """Path of a bundled GM12878 Hi-C map (Rao et al. 2014), raw counts, no weights.
+
+    Args:
+      chrom: ``"chr20"`` (25 kb bins, 2,522 bins) or ``"chr22"`` (50 kb, 1,027 bins).
+      folder: folder with the files; None uses the copy bundled with diffomics.
+      verify: check file checksums first.
+
+    Returns:
+      The `.cool` path, for `diffomics.hic.analyze` or `cooler.Cooler`.
+
+    Examples:
+      >>> from diffomics.hic import read_cool
+      >>> read_cool(gm12878_hic("chr22")).n_bins
+      1027
+    """
+    if chrom not in _HIC_MAPS:
+        msg = f"chrom must be one of {sorted(_HIC_MAPS)}; found {chrom!r}."
+        raise MissingKeyError(msg)
+    record = provenance("hic_gm12878_rao2014", folder, verify=verify)
+    return str(Path(record["source_path"]) / _HIC_MAPS[chrom])
+
+
+def gm12878_annotations(folder: Path | None = None, *, verify: bool = True) -> dict:
+    """Published calls for the bundled GM12878 maps (chr20 and chr22, hg19).
+
+    Args:
+      folder: folder with the files; None uses the copy bundled with diffomics.
+      verify: check file checksums first.
+
+    Returns:
+      dict of DataFrames: ``"domains"`` (Arrowhead, ``chrom, start, end``), ``"loops"``
+      (HiCCUPS, ``chrom1, x1, x2, chrom2, y1, y2``) and ``"ctcf"`` (CTCF ChIP-seq peaks,
+      all chromosomes, ``chrom, start, end, ..., summit``).
+    """
+    record = provenance("hic_gm12878_rao2014", folder, verify=verify)
+    base = Path(record["source_path"])
+    domains = pd.read_csv(base / "arrowhead_gm12878_5kb_domains_chr20_chr22.bed", sep="\t",
+                          header=None, names=["chrom", "start", "end"])  # fmt: skip
+    loops = pd.read_csv(base / "GM12878_HiCCUPS_looplist_chr20_chr22.bedpe", sep="\t")
+    ctcf = pd.read_csv(
+        base / "GM12878_CTCF_peaks_Zufferey2018.bed.gz",
+        sep="\t",
+        header=None,
+        names=["chrom", "start", "end", "name", "score", "strand", "signal", "p", "q", "summit"],
+    )
+    return {"domains": domains, "loops": loops, "ctcf": ctcf}

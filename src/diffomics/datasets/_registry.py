@@ -95,6 +95,25 @@ DATASETS: dict[str, DatasetInfo] = {
             modalities=("rna", "spatial"),
             value_scale="counts (UMIs per spot)",
         ),
+        DatasetInfo(
+            name="hic_gm12878_rao2014",
+            title="GM12878 in situ Hi-C, chr20 at 25 kb and chr22 at 50 kb, with the published "
+            "Arrowhead domains, HiCCUPS loops and CTCF peaks of those chromosomes",
+            publications=(
+                "Rao et al., 'A 3D map of the human genome at kilobase resolution reveals "
+                "principles of chromatin looping', Cell 159:1665 (2014), "
+                "https://doi.org/10.1016/j.cell.2014.11.021 (GEO GSE63525)",
+                "Zufferey, Tavernari et al., 'Comparison of computational methods for the "
+                "identification of topologically associating domains', Genome Biol. 19:217 "
+                "(2018), https://doi.org/10.1186/s13059-018-1596-9 (CTCF peaks)",
+            ),
+            origin="dozmorovlab/SpectralTAD @06a1a756, dozmorovlab/TADCompare @0c0b5e2e, "
+            "dozmorovlab/preciseTAD @4b718669, tidyomics/plyinteractions @42c3166f, "
+            "CSOgroup/TAD-benchmarking-scripts @485cbd23 (see SOURCE.md)",
+            license="MIT / Artistic-2.0 / Free Public License 1.0.0 (packages); data public",
+            modalities=("hic",),
+            value_scale="counts (read pairs per pixel)",
+        ),
     )
 }
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-__all__ = ["DECONVOLUTION_KEYS", "SPATIAL_GENE_KEYS"]
+__all__ = ["DECONVOLUTION_KEYS", "HIC_KEYS", "SPATIAL_GENE_KEYS"]
 
 
 class _DeconvolutionKeys(NamedTuple):
@@ -29,3 +29,19 @@ class _SpatialGeneKeys(NamedTuple):
 
 
 SPATIAL_GENE_KEYS = _SpatialGeneKeys()
+
+
+class _HiCKeys(NamedTuple):
+    CONTACT_MATRIX: str = "contact_matrix"
+    PHASING_TRACK: str = "phasing_track"
+    NORMALIZED_CONTACTS: str = "normalized_contacts"
+    COMPARTMENTS: str = "compartments"
+    TAD_BOUNDARIES: str = "tad_boundaries"
+    LOOP_SCORES: str = "loop_scores"
+    EXPECTED: str = "expected"
+    BALANCING_WEIGHTS: str = "balancing_weights"
+    INSULATION: str = "insulation"
+    DECAY_PENALTY: str = "decay_penalty"
+
+
+HIC_KEYS = _HiCKeys()

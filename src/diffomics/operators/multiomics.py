@@ -1,5 +1,11 @@
 """The public multi-omics operators (names and config fields fixed by the design contract)."""
 
+from diffomics.operators._hic_contact_analysis import (
+    HiCContactAnalysis as HiCContactAnalysis,
+)
+from diffomics.operators._hic_contact_analysis import (
+    HiCContactAnalysisConfig as HiCContactAnalysisConfig,
+)
 from diffomics.operators._spatial_deconvolution import (
     SpatialDeconvolution as SpatialDeconvolution,
 )
@@ -15,6 +21,8 @@ from diffomics.operators._spatial_gene_detector import (
 
 __all__ = [
     "DifferentiableSpatialGeneDetector",
+    "HiCContactAnalysis",
+    "HiCContactAnalysisConfig",
     "SpatialDeconvolution",
     "SpatialDeconvolutionConfig",
     "SpatialGeneDetectorConfig",

@@ -1,0 +1,361 @@
+"""`analyze`: the cooltools workflow on one chromosome, with cooltools' column names.
+
+Balance, expected, compartments, insulation and boundaries, dots.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import warnings
+
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+
+from diffomics.core._checks import check_choice
+from diffomics.core._errors import ConfigError, CountsError, ShapeError
+from diffomics.hic._balance import ice, ice_filters
+from diffomics.hic._band import band_from_pixels, band_mask
+from diffomics.hic._compartments import cis_eigs, phase_eigs
+from diffomics.hic._dots import call_dots, recommend_kernel_size
+from diffomics.hic._expected import expected_cis
+from diffomics.hic._insulation import boundary_strength, insulation, li_threshold
+from diffomics.hic._io import ContactMap, as_contact_map
+
+__all__ = ["HiCResult", "analyze", "ice_balance"]
+
+
+@dataclasses.dataclass
+class HiCResult:
+    """Tables of one `analyze` run (cooltools-compatible column names).
+
+    Attributes:
+      map: the `ContactMap` analysed.
+      weights: `(n_bins,)` balancing weights, NaN for masked bins.
+      expected: per-distance expected (``dist``, ``dist_bp``, ``n_valid``, ``count.sum``,
+        ``balanced.sum``, ``balanced.avg``), as ``cooltools.expected_cis``.
+      compartments: bins with ``E1..En`` (as ``cooltools.eigs_cis``), at
+        `compartment_resolution`.
+      eigvals: the eigenvalues, one row.
+      insulation: bins with ``log2_insulation_score_<w>``, ``n_valid_pixels_<w>``,
+        ``boundary_strength_<w>``, ``is_boundary_<w>`` per window ``w`` (bp), as
+        ``cooltools.insulation``.
+      boundaries: the called boundaries, long format (``chrom, start, end, window,
+        boundary_strength``).
+      loops: dots in BEDPE columns (``chrom1, start1, end1, chrom2, start2, end2``) with the
+        observed ``count``, the local expected and q-value per kernel, and ``c_size``.
+      report: what was filtered and how the fits went.
+    """
+
+    map: ContactMap
+    weights: np.ndarray
+    expected: pd.DataFrame
+    compartments: pd.DataFrame | None
+    eigvals: pd.DataFrame | None
+    insulation: pd.DataFrame
+    boundaries: pd.DataFrame
+    loops: pd.DataFrame | None
+    report: dict
+    compartment_resolution: int | None = None
+
+    def write_bed(self, path: str | os.PathLike) -> None:
+        """Boundaries as BED (``chrom start end name score``; name = window in bp)."""
+        b = self.boundaries
+        out = pd.DataFrame(
+            {
+                "chrom": b["chrom"],
+                "start": b["start"],
+                "end": b["end"],
+                "name": "boundary_" + b["window"].astype(str),
+                "score": b["boundary_strength"].round(4),
+            }
+        )
+        out.to_csv(path, sep="\t", header=False, index=False)
+
+    def write_bedpe(self, path: str | os.PathLike) -> None:
+        """Loops as BEDPE (six coordinate columns, then ``count`` and the donut q-value)."""
+        if self.loops is None:
+            msg = "no loops were called (analyze(..., loops=False)); nothing to write."
+            raise ConfigError(msg)
+        cols = ["chrom1", "start1", "end1", "chrom2", "start2", "end2", "count"]
+        self.loops[[*cols, "la_exp.donut.qval"]].to_csv(path, sep="\t", header=False, index=False)
+
+
+def ice_balance(
+    cmap: ContactMap,
+    *,
+    ignore_diags: int = 2,
+    min_nnz: int = 10,
+    mad_max: float = 5.0,
+    max_iter: int = 200,
+    tol: float = 1e-10,
+) -> tuple[np.ndarray, dict]:
+    """ICE weights of a contact map with cooler's filters (`ice_filters`, `ice`).
+
+    Args:
+      cmap: the `ContactMap` (raw counts).
+      ignore_diags: diagonals set aside.
+      min_nnz: minimum non-zero pixels per bin.
+      mad_max: coverage cut-off in MADs of log coverage.
+      max_iter: ICE iteration limit.
+      tol: convergence threshold on the relative variance of the marginals.
+
+    Returns:
+      ``(weights, report)``: `(n_bins,)` with NaN for masked bins (cooler's convention), and
+      the filters' counts and convergence.
+    """
+    valid, report = ice_filters(
+        cmap.bin1, cmap.bin2, cmap.count, cmap.n_bins,
+        ignore_diags=ignore_diags, min_nnz=min_nnz, mad_max=mad_max,
+    )  # fmt: skip
+    if valid.sum() < 3:
+        msg = (
+            f"contact map has {int(valid.sum())} bin(s) left after filtering (of "
+            f"{cmap.n_bins}; dropped {report}); it needs at least 3 to balance."
+        )
+        raise CountsError(msg)
+    res = ice(cmap.bin1, cmap.bin2, cmap.count, valid, ignore_diags=ignore_diags,
+              max_iter=max_iter, tol=tol)  # fmt: skip
+    weights = np.where(valid, np.asarray(res.weights, dtype=np.float64), np.nan)
+    report = {
+        "filtered_bins": report,
+        "n_masked_bins": int((~valid).sum()),
+        "ice_iterations": int(res.n_iter),
+        "ice_converged": bool(res.converged),
+        "ice_relative_variance": float(res.variance),
+    }
+    if not res.converged:
+        warnings.warn(
+            f"ICE did not converge in {max_iter} iterations (relative variance "
+            f"{float(res.variance):.2g} > tol {tol:g}); the weights are approximate.",
+            stacklevel=2,
+        )
+    return weights, report
+
+
+def _phasing(track, bins: pd.DataFrame) -> np.ndarray:
+    """A phasing track aligned to `bins` (array, Series, or bed-like DataFrame)."""
+    if isinstance(track, pd.DataFrame):
+        if not {"chrom", "start"}.issubset(track.columns):
+            msg = "phasing_track DataFrame needs chrom, start, end and a value column."
+            raise ConfigError(msg)
+        value = [c for c in track.columns if c not in ("chrom", "start", "end")][0]
+        key = track.set_index(["chrom", "start"])[value]
+        return key.reindex(pd.MultiIndex.from_frame(bins[["chrom", "start"]])).to_numpy(float)
+    arr = np.asarray(track, dtype=np.float64)
+    if arr.shape != (len(bins),):
+        msg = f"phasing_track must have one value per bin ({len(bins)}); found {arr.shape}."
+        raise ShapeError(msg)
+    return arr
+
+
+def _coarse_track(track: np.ndarray, factor: int) -> np.ndarray:
+    n = -(-track.size // factor)
+    padded = np.pad(track, (0, n * factor - track.size), constant_values=np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(padded.reshape(n, factor), axis=1)
+
+
+def analyze(
+    data,
+    *,
+    region: str | None = None,
+    resolution: int | None = None,
+    balance: bool | str = True,
+    ignore_diags: int = 2,
+    windows: tuple[int, ...] | None = None,
+    min_frac_valid_pixels: float = 0.66,
+    boundary_threshold: str | float = "Li",
+    phasing_track=None,
+    n_eigs: int = 3,
+    compartment_max_bins: int = 3000,
+    loops: bool = True,
+    max_loci_separation: int = 10_000_000,
+    kernel_size: tuple[int, int] | None = None,
+    lambda_bin_fdr: float = 0.1,
+    clustering_radius: int = 20_000,
+) -> HiCResult:
+    """Analyse one chromosome (or region) of a Hi-C map as cooltools does.
+
+    Steps: ICE balancing with cooler's filters (`balance`), expected by distance
+    (`expected_cis`), compartment eigenvectors (`cis_eigs`, phased by `phasing_track`),
+    diamond insulation and boundaries by prominence with Li's threshold (`insulation`,
+    `boundary_strength`, `li_threshold`) and HiCCUPS dots (`call_dots`). Expected,
+    insulation and dots run on pixels or a band of the matrix (memory linear in bins);
+    compartments run on a dense matrix of at most `compartment_max_bins` bins, coarsening
+    the map by an integer factor when it is larger (recorded in ``compartment_resolution``).
+
+    Args:
+      data: a `.cool` / `.mcool::/resolutions/N` path, a `cooler.Cooler`, a `ContactMap`, or
+        a dense / scipy-sparse symmetric raw-count matrix.
+      region: chromosome or ``chrom:start-end`` (files with several chromosomes).
+      resolution: bin size in bp for matrix input.
+      balance: True: ICE; a string: the name of the file's weight column (``"weight"``);
+        False: raw counts (weights 1 on bins with contacts).
+      ignore_diags: diagonals set aside everywhere (cooler's default 2).
+      windows: insulation windows in bp (multiples of the resolution); default 3, 5 and 10
+        bins.
+      min_frac_valid_pixels: insulation bins with fewer valid pixels are not boundaries.
+      boundary_threshold: ``"Li"``, ``"Otsu"`` is not offered; or a fixed strength.
+      phasing_track: per-bin values (array, or DataFrame ``chrom, start, end, value``) that
+        are higher in the A compartment (GC content, gene density).
+      n_eigs: eigenvectors computed.
+      compartment_max_bins: largest dense matrix for the eigendecomposition.
+      loops: call dots (needs a resolution of at most 28 kb, as HiCCUPS' kernels).
+      max_loci_separation: largest loop span, bp.
+      kernel_size: HiCCUPS ``(w, p)``; default from the resolution.
+      lambda_bin_fdr: FDR within lambda bins.
+      clustering_radius: bp.
+
+    Returns:
+      A `HiCResult`.
+
+    Raises:
+      DataIntegrityError: the file is not a cooler.
+      MissingKeyError: unknown chromosome, or a missing weight column.
+      ShapeError, NonFiniteError, CountsError: a bad matrix.
+      ConfigError: a bad argument.
+    """
+    cmap = as_contact_map(data, region=region, resolution=resolution)
+    res = cmap.resolution
+    n = cmap.n_bins
+    windows = tuple(windows) if windows is not None else tuple(res * k for k in (3, 5, 10))
+    for w in windows:
+        if w % res or w < res:
+            msg = f"insulation windows must be positive multiples of the resolution {res}; "
+            msg += f"found {w}."
+            raise ConfigError(msg)
+    if not isinstance(boundary_threshold, int | float):
+        check_choice(boundary_threshold, "boundary_threshold", ["Li"])
+    report: dict = {"source": cmap.source, "n_bins": n, "resolution": res, "nnz": cmap.bin1.size}
+
+    if balance is True:
+        weights, info = ice_balance(cmap, ignore_diags=ignore_diags)
+        report.update(info)
+    elif isinstance(balance, str):
+        if cmap.weights is None:
+            msg = f"balance={balance!r}: the map has no weight column; use balance=True (ICE)."
+            raise ConfigError(msg)
+        weights = cmap.weights
+    else:
+        cover = np.bincount(cmap.bin1, minlength=n) + np.bincount(cmap.bin2, minlength=n)
+        weights = np.where(cover > 0, 1.0, np.nan)
+    valid = np.isfinite(weights) & (weights > 0)
+    w0 = np.where(valid, weights, 0.0)
+
+    exp = expected_cis(cmap.bin1, cmap.bin2, cmap.count, w0, ignore_diags=ignore_diags)
+    chrom = str(cmap.bins["chrom"].iloc[0])
+    expected = pd.DataFrame(
+        {
+            "region1": chrom,
+            "region2": chrom,
+            "dist": np.arange(n),
+            "dist_bp": np.arange(n) * res,
+            "n_valid": np.asarray(exp.n_valid, dtype=np.int64),
+            "count.sum": np.asarray(exp.count_sum, dtype=np.float64),
+            "balanced.sum": np.asarray(exp.balanced_sum, dtype=np.float64),
+            "balanced.avg": np.asarray(exp.balanced_avg, dtype=np.float64),
+        }
+    )
+
+    w_max = max(windows) // res
+    do_loops = loops and res <= 28_000
+    if loops and not do_loops:
+        report["loops_skipped"] = f"resolution {res} bp is coarser than HiCCUPS' 28 kb limit"
+    kw = kernel_size or recommend_kernel_size(res)
+    max_dist = min(max_loci_separation // res, n)
+    n_diags = min(n, max(2 * w_max, max_dist + 2 * kw[0] + 1 if do_loops else 0))
+    counts_band = band_from_pixels(cmap.bin1, cmap.bin2, cmap.count, n, n_diags)
+    mask = band_mask(valid, n_diags)
+    wj = jnp.asarray(w0, jnp.float32)
+    idx = jnp.minimum(jnp.arange(n)[:, None] + jnp.arange(n_diags)[None, :], n - 1)
+    balanced_band = counts_band * wj[:, None] * wj[idx]
+
+    table = cmap.bins[["chrom", "start", "end"]].copy()
+    table["region"] = chrom
+    table["is_bad_bin"] = ~valid
+    boundaries = []
+    for w in windows:
+        ins = insulation(balanced_band, mask, w // res, ignore_diags=ignore_diags)
+        table[f"log2_insulation_score_{w}"] = np.asarray(ins.log2_score, dtype=np.float64)
+        table[f"n_valid_pixels_{w}"] = np.asarray(ins.n_pixels, dtype=np.float64)
+        strength = boundary_strength(
+            table[f"log2_insulation_score_{w}"].to_numpy(),
+            table[f"n_valid_pixels_{w}"].to_numpy(),
+            min_frac_valid_pixels=min_frac_valid_pixels,
+        )
+        cut = (
+            li_threshold(strength)
+            if boundary_threshold == "Li"
+            else float(boundary_threshold)
+        )
+        table[f"boundary_strength_{w}"] = strength
+        table[f"is_boundary_{w}"] = np.nan_to_num(strength, nan=-np.inf) >= cut
+        called = table[table[f"is_boundary_{w}"]]
+        boundaries.append(
+            called[["chrom", "start", "end"]].assign(
+                window=w, boundary_strength=called[f"boundary_strength_{w}"]
+            )
+        )
+
+    compartments = eigvals = comp_res = None
+    if n_eigs:
+        factor = -(-n // compartment_max_bins)
+        coarse = cmap.coarsen(factor)
+        if factor > 1:
+            cw, info = ice_balance(coarse, ignore_diags=ignore_diags)
+            report["compartment_balance"] = info
+        else:
+            cw = weights
+        cvalid = np.isfinite(cw) & (cw > 0)
+        cw0 = np.where(cvalid, cw, 0.0)
+        dense = coarse.dense(coarse.count * cw0[coarse.bin1] * cw0[coarse.bin2])
+        eig = cis_eigs(jnp.asarray(dense, jnp.float32), jnp.asarray(cvalid),
+                       n_eigs=n_eigs, ignore_diags=ignore_diags)  # fmt: skip
+        vecs = np.where(cvalid[None, :], np.asarray(eig.eigvecs, dtype=np.float64), np.nan)
+        if phasing_track is not None:
+            track = _phasing(phasing_track, cmap.bins)
+            vecs = phase_eigs(vecs, _coarse_track(track, factor))
+        compartments = coarse.bins[["chrom", "start", "end"]].copy()
+        for k in range(n_eigs):
+            compartments[f"E{k + 1}"] = vecs[k]
+        values = {f"eigval{k + 1}": [float(eig.eigvals[k])] for k in range(n_eigs)}
+        eigvals = pd.DataFrame({"region": [chrom], **values})
+        comp_res = coarse.resolution
+
+    dots = None
+    if do_loops:
+        found = call_dots(
+            np.asarray(counts_band),
+            weights,
+            np.asarray(exp.balanced_avg)[:n_diags],
+            resolution=res,
+            max_distance_bins=max_dist,
+            kernel_size=kw,
+            lambda_bin_fdr=lambda_bin_fdr,
+            clustering_radius=clustering_radius,
+        )
+        starts = cmap.bins["start"].to_numpy()
+        ends = cmap.bins["end"].to_numpy()
+        b1, b2 = found["bin1_id"].to_numpy(int), found["bin2_id"].to_numpy(int)
+        coords = pd.DataFrame(
+            {"chrom1": chrom, "start1": starts[b1], "end1": ends[b1],
+             "chrom2": chrom, "start2": starts[b2], "end2": ends[b2]}
+        )  # fmt: skip
+        dots = pd.concat([coords, found.reset_index(drop=True)], axis=1)
+        report["n_loops"] = len(dots)
+
+    return HiCResult(
+        map=cmap,
+        weights=weights,
+        expected=expected,
+        compartments=compartments,
+        eigvals=eigvals,
+        insulation=table,
+        boundaries=pd.concat(boundaries, ignore_index=True),
+        loops=dots,
+        report=report,
+        compartment_resolution=comp_res,
+    )

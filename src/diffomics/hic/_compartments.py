@@ -1,0 +1,197 @@
+"""A/B compartments: leading eigenvectors of the observed/expected contact matrix."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import scipy.stats
+from jax import Array
+
+from diffomics.core._numerics import safe_eigh
+
+__all__ = [
+    "Eigs",
+    "cis_eigs",
+    "compartment_eigs",
+    "distance_groups",
+    "observed_over_expected",
+    "phase_eigs",
+]
+
+
+def distance_groups(n_bins: int, ratio: float = 1.03) -> np.ndarray:
+    """Group of every diagonal ``d`` in log-spaced distance bins (short ones on their own).
+
+    The edges are ``0`` then the distinct rounded values of ``n_bins`` log-spaced points
+    from 1 to ``n_bins``, so each group spans a distance ratio of about `ratio`.
+
+    Args:
+      n_bins: number of diagonals.
+      ratio: target ratio of the largest to the smallest distance in a group.
+
+    Returns:
+      int `(n_bins,)` group index per diagonal.
+
+    Examples:
+      >>> distance_groups(6, ratio=1.5).tolist()
+      [0, 1, 2, 3, 3, 3]
+    """
+    n_edges = max(int(np.log(max(n_bins, 2)) / np.log(ratio)), 2)
+    edges = np.unique(np.rint(np.geomspace(1, max(n_bins, 2), n_edges)).astype(int))
+    edges = np.r_[0, edges]
+    return np.searchsorted(edges, np.arange(n_bins), side="right") - 1
+
+
+def observed_over_expected(
+    matrix: Array, valid: Array, *, ignore_diags: int = 2, ratio: float = 1.03
+) -> Array:
+    """Balanced contacts divided by the mean of their distance group (valid pixels only).
+
+    As cooltools' ``cis_eig``: the first `ignore_diags` diagonals are set to 1 first, the
+    mean of each log-spaced group of diagonals (`distance_groups`) is taken over pixels
+    whose bins are both valid, and only valid pixels are divided.
+
+    Args:
+      matrix: balanced symmetric matrix, `(n_bins, n_bins)` (NaN read as 0).
+      valid: boolean `(n_bins,)`.
+      ignore_diags: diagonals set to 1 before normalising.
+      ratio: distance-group ratio.
+
+    Returns:
+      `(n_bins, n_bins)` observed / expected.
+    """
+    n = matrix.shape[0]
+    a = jnp.nan_to_num(jnp.asarray(matrix, jnp.float32), nan=0.0, posinf=0.0)
+    dist = np.abs(np.arange(n)[:, None] - np.arange(n)[None, :])
+    a = jnp.where(dist < ignore_diags, 1.0, a)
+    group = jnp.asarray(distance_groups(n, ratio)[dist])
+    pair = valid[:, None] & valid[None, :]
+    n_groups = int(group.max()) + 1
+    sums = jax.ops.segment_sum(jnp.where(pair, a, 0.0).ravel(), group.ravel(), n_groups)
+    counts = jax.ops.segment_sum(pair.astype(jnp.float32).ravel(), group.ravel(), n_groups)
+    mean = sums / jnp.maximum(counts, 1.0)
+    expected = mean[group]
+    return jnp.where(pair & (expected > 0), a / jnp.where(expected > 0, expected, 1.0), a)
+
+
+class Eigs(NamedTuple):
+    """Leading eigenpairs, ordered by decreasing absolute eigenvalue.
+
+    Attributes:
+      eigvals: `(n_eigs,)`.
+      eigvecs: `(n_eigs, n_bins)`, each of norm ``sqrt(|eigval|)`` (cooltools' scaling), 0
+        at invalid bins.
+    """
+
+    eigvals: Array
+    eigvecs: Array
+
+
+def compartment_eigs(
+    oe: Array,
+    valid: Array,
+    *,
+    n_eigs: int = 3,
+    clip_percentile: float | None = 99.9,
+    correlation: bool = False,
+) -> Eigs:
+    """Leading eigenpairs of an observed/expected matrix (the compartment signal).
+
+    Observed/expected is clipped to ``[0, q]`` with ``q`` its `clip_percentile` over valid
+    pixels, centred by subtracting 1, invalid rows and columns are zeroed, and the
+    eigenpairs of largest absolute eigenvalue are returned (cooltools' ``cis_eig``). With
+    ``correlation=True`` the matrix decomposed is instead the Pearson correlation of the
+    centred rows (Lieberman-Aiden et al. 2009). Signs are arbitrary until `phase_eigs`.
+    Differentiable (`diffomics.core.safe_eigh`); dense, so use it on a bounded block.
+
+    Args:
+      oe: observed / expected, `(n_bins, n_bins)`.
+      valid: boolean `(n_bins,)`.
+      n_eigs: number of eigenpairs.
+      clip_percentile: percentile clip (None: no clipping).
+      correlation: decompose the correlation matrix instead.
+
+    Returns:
+      An `Eigs`.
+
+    References:
+      Lieberman-Aiden et al., "Comprehensive mapping of long-range interactions reveals
+      folding principles of the human genome", Science 326:289 (2009),
+      https://doi.org/10.1126/science.1181369.
+    """
+    valid = jnp.asarray(valid, bool)
+    pair = valid[:, None] & valid[None, :]
+    if clip_percentile is not None and clip_percentile < 100:
+        top = jnp.nanpercentile(jnp.where(pair, oe, jnp.nan), clip_percentile)
+        oe = jnp.clip(oe, 0.0, jax.lax.stop_gradient(top))
+    m = jnp.where(pair, oe - 1.0, 0.0)
+    if correlation:
+        w = valid.astype(m.dtype)
+        k = jnp.maximum(jnp.sum(w), 2.0)
+        centred = (m - (m @ w)[:, None] / k) * w[None, :]
+        norm = jnp.sqrt(jnp.sum(centred**2, axis=1))
+        z = centred / jnp.where(norm > 0, norm, 1.0)[:, None]
+        m = jnp.where(pair, z @ z.T, 0.0)
+    vals, vecs = safe_eigh(m)
+    order = jnp.argsort(-jnp.abs(vals))[:n_eigs]
+    vals, vecs = vals[order], vecs[:, order].T
+    return Eigs(vals, vecs * jnp.sqrt(jnp.abs(vals))[:, None])
+
+
+def cis_eigs(
+    matrix: Array,
+    valid: Array,
+    *,
+    n_eigs: int = 3,
+    ignore_diags: int = 2,
+    clip_percentile: float | None = 99.9,
+) -> Eigs:
+    """Compartment eigenvectors of a balanced cis contact matrix, as ``cooltools.eigs_cis``.
+
+    `observed_over_expected` (log-binned distance means) then `compartment_eigs`.
+
+    Args:
+      matrix: balanced symmetric matrix, `(n_bins, n_bins)`.
+      valid: boolean `(n_bins,)`.
+      n_eigs: number of eigenpairs.
+      ignore_diags: diagonals set aside.
+      clip_percentile: percentile clip of observed/expected (None: no clipping).
+
+    Returns:
+      An `Eigs`: eigenvectors of norm ``sqrt(|eigval|)``, 0 at invalid bins.
+
+    Examples:
+      >>> idx = np.arange(40)
+      >>> ab = np.where((idx // 10) % 2 == 0, 1.0, -1.0)  # alternating A/B blocks
+      >>> m = (1 + 0.5 * np.outer(ab, ab)) / (1 + np.abs(idx[:, None] - idx[None, :]))
+      >>> e = cis_eigs(jnp.asarray(m), jnp.ones(40, bool), n_eigs=1)
+      >>> bool(abs(np.corrcoef(np.asarray(e.eigvecs[0]), ab)[0, 1]) > 0.95)
+      True
+    """
+    valid = jnp.asarray(valid, bool)
+    oe = observed_over_expected(matrix, valid, ignore_diags=ignore_diags)
+    return compartment_eigs(oe, valid, n_eigs=n_eigs, clip_percentile=clip_percentile)
+
+
+def phase_eigs(eigvecs: np.ndarray, track: np.ndarray) -> np.ndarray:
+    """Flip each eigenvector to correlate positively (Spearman) with a phasing track.
+
+    Args:
+      eigvecs: `(n_eigs, n_bins)`, NaN allowed.
+      track: `(n_bins,)`, for example GC content or gene density (higher in A).
+
+    Returns:
+      The flipped `(n_eigs, n_bins)` array.
+    """
+    out = np.array(eigvecs, dtype=np.float64)
+    track = np.asarray(track, dtype=np.float64)
+    for vec in out:
+        ok = np.isfinite(vec) & np.isfinite(track)
+        if ok.sum() > 2:
+            rho = scipy.stats.spearmanr(track[ok], vec[ok])[0]
+            if np.isfinite(rho) and rho < 0:
+                vec *= -1
+    return out

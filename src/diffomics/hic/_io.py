@@ -1,0 +1,234 @@
+"""Contact maps: read `.cool` / `.mcool` files (cooler) or dense and sparse matrices."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+
+import numpy as np
+import pandas as pd
+import scipy.sparse
+
+from diffomics.core._checks import check_finite
+from diffomics.core._errors import (
+    ConfigError,
+    CountsError,
+    DataIntegrityError,
+    MissingKeyError,
+    ShapeError,
+)
+
+__all__ = ["ContactMap", "as_contact_map", "from_dense", "read_cool"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ContactMap:
+    """One cis contact matrix (a chromosome or a region) as upper-triangle pixels.
+
+    Memory grows with the number of non-zero pixels, never with ``n_bins^2``.
+
+    Attributes:
+      bins: DataFrame with ``chrom, start, end`` (bp), one row per bin, index ``0..n-1``.
+      bin1, bin2: int `(nnz,)` pixel bin indices with ``bin1 <= bin2``.
+      count: `(nnz,)` raw contact counts.
+      resolution: bin size in bp.
+      weights: the file's balancing weights (cooler's multiplicative ``weight``), or None.
+      source: where the map came from, for reports.
+    """
+
+    bins: pd.DataFrame
+    bin1: np.ndarray
+    bin2: np.ndarray
+    count: np.ndarray
+    resolution: int
+    weights: np.ndarray | None = None
+    source: str = "matrix"
+
+    @property
+    def n_bins(self) -> int:
+        """Number of bins."""
+        return len(self.bins)
+
+    def dense(self, values: np.ndarray | None = None) -> np.ndarray:
+        """The symmetric dense matrix of `values` (default: the counts), `(n_bins, n_bins)`."""
+        values = self.count if values is None else values
+        m = np.zeros((self.n_bins, self.n_bins), dtype=np.float64)
+        np.add.at(m, (self.bin1, self.bin2), values)
+        off = self.bin1 != self.bin2
+        np.add.at(m, (self.bin2[off], self.bin1[off]), values[off])
+        return m
+
+    def coarsen(self, factor: int) -> ContactMap:
+        """Sum the counts into bins `factor` times larger (weights dropped)."""
+        if factor == 1:
+            return self
+        b1, b2 = self.bin1 // factor, self.bin2 // factor
+        n = -(-self.n_bins // factor)
+        flat = pd.Series(self.count).groupby(b1 * n + b2).sum()
+        starts = self.bins["start"].to_numpy()[::factor]
+        ends = np.r_[starts[1:], self.bins["end"].to_numpy()[-1]]
+        bins = pd.DataFrame({"chrom": self.bins["chrom"].iloc[0], "start": starts, "end": ends})
+        index = flat.index.to_numpy()
+        return ContactMap(
+            bins,
+            index // n,
+            index % n,
+            flat.to_numpy(),
+            self.resolution * factor,
+            None,
+            f"{self.source} (coarsened x{factor})",
+        )
+
+
+def from_dense(
+    matrix, *, resolution: int = 1, chrom: str = "chr", start: int = 0, name: str = "matrix"
+) -> ContactMap:
+    """A `ContactMap` from a dense or scipy-sparse symmetric matrix of raw counts.
+
+    Args:
+      matrix: `(n_bins, n_bins)` symmetric, finite, non-negative.
+      resolution: bin size in bp.
+      chrom: chromosome name for the bin table.
+      start: genomic start of the first bin, in bp.
+      name: the argument name used in error messages.
+
+    Raises:
+      ShapeError: not square, or not symmetric.
+      NonFiniteError: NaN or inf.
+      CountsError: negative values, or no contacts at all.
+
+    Examples:
+      >>> cm = from_dense(np.array([[4, 1], [1, 2]]), resolution=10_000, chrom="chr1")
+      >>> cm.n_bins, cm.bins["end"].tolist(), cm.count.tolist()
+      (2, [10000, 20000], [4.0, 1.0, 2.0])
+    """
+    sparse = scipy.sparse.issparse(matrix)
+    shape = matrix.shape if sparse else np.shape(matrix)
+    if len(shape) != 2 or shape[0] != shape[1] or shape[0] == 0:
+        msg = f"{name} must be a square (n_bins, n_bins) matrix; found shape {tuple(shape)}."
+        raise ShapeError(msg)
+    if sparse:
+        coo = scipy.sparse.coo_matrix(matrix)
+        check_finite(coo.data, name)
+        diff = abs(coo - coo.T)
+        asym = diff.max() if diff.nnz else 0.0
+        scale = abs(coo).max() if coo.nnz else 0.0
+        upper = scipy.sparse.triu(coo).tocoo()
+        i, j, v = upper.row, upper.col, upper.data.astype(np.float64)
+    else:
+        m = np.asarray(matrix, dtype=np.float64)
+        check_finite(m, name)
+        asym = float(np.max(np.abs(m - m.T)))
+        scale = float(np.max(np.abs(m)))
+        i, j = np.nonzero(np.triu(m))
+        v = m[i, j]
+    if asym > 1e-6 * max(scale, 1.0):
+        msg = (
+            f"{name} must be symmetric (a cis contact matrix); the largest |A - A.T| is "
+            f"{asym:.3g}. Symmetrise it first, e.g. A + A.T - diag(A) for an upper triangle."
+        )
+        raise ShapeError(msg)
+    if (v < 0).any():
+        msg = f"{name} must hold non-negative contact counts; found {int((v < 0).sum())} negative."
+        raise CountsError(msg)
+    if v.sum() == 0:
+        msg = f"{name} has no contacts (all zero)."
+        raise CountsError(msg)
+    n = shape[0]
+    starts = start + resolution * np.arange(n)
+    bins = pd.DataFrame({"chrom": chrom, "start": starts, "end": starts + resolution})
+    keep = v != 0
+    return ContactMap(bins, i[keep].astype(np.int64), j[keep].astype(np.int64), v[keep], resolution)
+
+
+_REGION = re.compile(r"^([^:]+)(?::([\d,_]+)-([\d,_]+))?$")
+
+
+def _parse_region(region: str) -> tuple[str, int | None, int | None]:
+    m = _REGION.match(region.strip())
+    if not m:
+        msg = f"region must look like 'chr20' or 'chr20:10,000,000-20,000,000'; found {region!r}."
+        raise ConfigError(msg)
+    chrom, lo, hi = m.groups()
+    if lo is None:
+        return chrom, None, None
+    return chrom, int(re.sub("[,_]", "", lo)), int(re.sub("[,_]", "", hi))
+
+
+def read_cool(uri: str | os.PathLike, region: str | None = None) -> ContactMap:
+    """Read one chromosome or region of a `.cool` or `.mcool` file (via `cooler`).
+
+    Args:
+      uri: ``path.cool``, or ``path.mcool::/resolutions/N`` for one resolution of a
+        multi-resolution file.
+      region: ``"chr20"`` or ``"chr20:10,000,000-20,000,000"``; may be omitted when the
+        file holds a single chromosome.
+
+    Returns:
+      A `ContactMap` of raw counts, with the file's ``weight`` column when present.
+
+    Raises:
+      FileNotFoundError: no such file.
+      DataIntegrityError: the file is not a cooler (or an `.mcool` without a resolution).
+      MissingKeyError: the chromosome is not in the file, or `region` is needed.
+    """
+    import cooler  # noqa: PLC0415 - optional heavy import, only for file input
+
+    uri = os.fspath(uri)
+    path = uri.split("::")[0]
+    if not os.path.exists(path):
+        msg = f"no such file: {path!r}."
+        raise FileNotFoundError(msg)
+    try:
+        clr = cooler.Cooler(uri)
+        chromnames = list(clr.chromnames)
+    except Exception as err:  # cooler raises KeyError/OSError/ValueError for non-coolers
+        try:
+            resolutions = cooler.fileops.list_coolers(path)
+        except Exception:  # noqa: BLE001 - not an HDF5 file at all
+            resolutions = []
+        hint = (
+            f" It holds several coolers {resolutions[:8]}: pass '{path}::{resolutions[0]}'."
+            if resolutions
+            else " Expected a .cool or .mcool file (cooler format)."
+        )
+        msg = f"{uri!r} is not a cooler file ({type(err).__name__}: {err}).{hint}"
+        raise DataIntegrityError(msg) from err
+    if region is None:
+        if len(chromnames) != 1:
+            msg = (
+                f"region is required: {uri!r} holds {len(chromnames)} chromosomes "
+                f"({chromnames[:6]}...); pass region='{chromnames[0]}'."
+            )
+            raise MissingKeyError(msg)
+        region = chromnames[0]
+    chrom, lo, hi = _parse_region(region)
+    if chrom not in chromnames:
+        msg = f"chromosome {chrom!r} is not in {uri!r}; it has {chromnames[:25]}."
+        raise MissingKeyError(msg)
+    query = chrom if lo is None else (chrom, lo, hi)
+    bins = clr.bins().fetch(query)
+    offset = int(bins.index[0])
+    pixels = clr.matrix(balance=False, as_pixels=True).fetch(query)
+    weights = bins["weight"].to_numpy(dtype=np.float64) if "weight" in bins else None
+    return ContactMap(
+        bins[["chrom", "start", "end"]].reset_index(drop=True).astype({"chrom": str}),
+        pixels["bin1_id"].to_numpy(np.int64) - offset,
+        pixels["bin2_id"].to_numpy(np.int64) - offset,
+        pixels["count"].to_numpy(np.float64),
+        int(clr.binsize),
+        weights,
+        f"{uri}::{region}" if "::" not in uri else f"{uri} {region}",
+    )
+
+
+def as_contact_map(data, *, region: str | None = None, resolution: int | None = None):
+    """A `ContactMap` from a path / URI, a `cooler.Cooler`, a `ContactMap` or a matrix."""
+    if isinstance(data, ContactMap):
+        return data
+    if isinstance(data, str | os.PathLike):
+        return read_cool(data, region)
+    if type(data).__name__ == "Cooler":
+        return read_cool(data.uri, region)
+    return from_dense(data, resolution=resolution or 1, name="contact matrix")
