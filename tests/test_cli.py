@@ -25,6 +25,12 @@ def test_demo_writes_its_outputs(tmp_path, capsys):
     svg = pd.read_csv(out / "mob_spatial_genes.tsv", sep="\t", index_col=0)
     assert svg["is_spatial"].sum() > 67 and svg.index[0] in {"Cpe", "Fabp7", "Cck"}
     assert (out / "mob_spatial_genes_on_tissue.png").stat().st_size > 10_000
+    assert "published HiCCUPS loops" in printed
+    loops = pd.read_csv(out / "gm12878_chr20.loops.bedpe", sep="\t", header=None)
+    assert len(loops) > 50 and (loops[0] == "chr20").all()
+    bed = pd.read_csv(out / "gm12878_chr20.boundaries.bed", sep="\t", header=None)
+    assert len(bed) > 100
+    assert (out / "gm12878_chr20.tracks.png").stat().st_size > 10_000
 
 
 def test_deconvolve_command(tmp_path, capsys):
@@ -55,12 +61,18 @@ def test_deconvolve_command(tmp_path, capsys):
     [
         (["deconvolve", "missing.h5ad", "ref.h5ad", "--labels", "t"], "no such file"),
         (["deconvolve", "{spots}", "{spots}", "--labels", "nope"], "nope"),
+        (["hic", "{spots}"], "not a cooler"),
+        (["hic", "missing.cool"], "no such file"),
+        (["hic", "{hic}", "--region", "chrX"], "chrX"),
+        (["hic", "{hic}", "--windows", "12345"], "multiples of the resolution"),
     ],
 )
 def test_user_errors_are_one_line(tmp_path, capsys, args, message):
     spatial, _ = simulate(n_spots=10, n_genes=10, seed=0)
     spatial.write_h5ad(tmp_path / "spots.h5ad")
-    args = [a.format(spots=tmp_path / "spots.h5ad") for a in args]
+    from diffomics.datasets import gm12878_hic
+
+    args = [a.format(spots=tmp_path / "spots.h5ad", hic=gm12878_hic("chr22")) for a in args]
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
@@ -76,3 +88,24 @@ def test_spatial_genes_command(tmp_path, capsys):
     assert {"fsv", "pval", "qval", "is_spatial"} <= set(table.columns)
     assert (tmp_path / "o" / "spatial_genes_on_tissue.png").is_file()
     assert "spatially variable" in capsys.readouterr().out
+
+
+def test_hic_command(tmp_path, capsys):
+    from diffomics.datasets import gm12878_annotations, gm12878_hic
+
+    ctcf = gm12878_annotations()["ctcf"]
+    ctcf.iloc[:, :3].to_csv(tmp_path / "ctcf.bed", sep="\t", header=False, index=False)
+    out = tmp_path / "o"
+    args = ["hic", gm12878_hic("chr22"), "--phasing-track", str(tmp_path / "ctcf.bed")]
+    assert main([*args, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "1027 bins of 50 kb" in printed and "boundaries" in printed
+    comp = pd.read_csv(out / "GM12878_chr22_50kb_prim.chr22.compartments.tsv", sep="\t")
+    density = pd.read_csv(tmp_path / "ctcf.bed", sep="\t", header=None)
+    assert comp["E1"].notna().sum() > 500
+    assert {"E1", "E2", "E3"} <= set(comp.columns) and len(density) > 1000
+    bed = pd.read_csv(out / "GM12878_chr22_50kb_prim.chr22.boundaries.bed", sep="\t",
+                      header=None)  # fmt: skip
+    assert set(bed[3]) == {"boundary_150000", "boundary_250000", "boundary_500000"}
+    assert (out / "GM12878_chr22_50kb_prim.chr22.tracks.svg").is_file()
+    assert not list(out.glob(".*"))

@@ -32,6 +32,7 @@ from diffomics.hic._insulation import insulation as insulation
 from diffomics.hic._insulation import li_threshold as li_threshold
 from diffomics.hic._insulation import soft_boundaries as soft_boundaries
 from diffomics.hic._io import ContactMap as ContactMap
+from diffomics.hic._io import count_features as count_features
 from diffomics.hic._io import from_dense as from_dense
 from diffomics.hic._io import read_cool as read_cool
 
@@ -50,6 +51,7 @@ __all__ = [
     "call_dots",
     "cis_eigs",
     "compartment_eigs",
+    "count_features",
     "dense_from_band",
     "expected_cis",
     "from_dense",

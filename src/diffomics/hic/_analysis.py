@@ -163,7 +163,7 @@ def analyze(
     *,
     region: str | None = None,
     resolution: int | None = None,
-    balance: bool | str = True,
+    balance: bool | str | np.ndarray = True,
     ignore_diags: int = 2,
     windows: tuple[int, ...] | None = None,
     min_frac_valid_pixels: float = 0.66,
@@ -193,15 +193,16 @@ def analyze(
       region: chromosome or ``chrom:start-end`` (files with several chromosomes).
       resolution: bin size in bp for matrix input.
       balance: True: ICE; a string: the name of the file's weight column (``"weight"``);
-        False: raw counts (weights 1 on bins with contacts).
+        an array: multiplicative weights, NaN for masked bins (from an earlier run); False:
+        raw counts (weights 1 on bins with contacts).
       ignore_diags: diagonals set aside everywhere (cooler's default 2).
       windows: insulation windows in bp (multiples of the resolution); default 3, 5 and 10
-        bins.
+        bins; ``()`` skips insulation.
       min_frac_valid_pixels: insulation bins with fewer valid pixels are not boundaries.
       boundary_threshold: ``"Li"``, ``"Otsu"`` is not offered; or a fixed strength.
       phasing_track: per-bin values (array, or DataFrame ``chrom, start, end, value``) that
         are higher in the A compartment (GC content, gene density).
-      n_eigs: eigenvectors computed.
+      n_eigs: eigenvectors computed (0 skips compartments).
       compartment_max_bins: largest dense matrix for the eigendecomposition.
       loops: call dots (needs a resolution of at most 28 kb, as HiCCUPS' kernels).
       max_loci_separation: largest loop span, bp.
@@ -234,6 +235,11 @@ def analyze(
     if balance is True:
         weights, info = ice_balance(cmap, ignore_diags=ignore_diags)
         report.update(info)
+    elif isinstance(balance, np.ndarray):
+        if balance.shape != (n,):
+            msg = f"balance weights must have shape ({n},); found {balance.shape}."
+            raise ShapeError(msg)
+        weights = np.asarray(balance, dtype=np.float64)
     elif isinstance(balance, str):
         if cmap.weights is None:
             msg = f"balance={balance!r}: the map has no weight column; use balance=True (ICE)."
@@ -260,7 +266,7 @@ def analyze(
         }
     )
 
-    w_max = max(windows) // res
+    w_max = max(windows, default=res) // res
     do_loops = loops and res <= 28_000
     if loops and not do_loops:
         report["loops_skipped"] = f"resolution {res} bp is coarser than HiCCUPS' 28 kb limit"
@@ -354,7 +360,9 @@ def analyze(
         compartments=compartments,
         eigvals=eigvals,
         insulation=table,
-        boundaries=pd.concat(boundaries, ignore_index=True),
+        boundaries=pd.concat(boundaries, ignore_index=True)
+        if boundaries
+        else pd.DataFrame(columns=["chrom", "start", "end", "window", "boundary_strength"]),
         loops=dots,
         report=report,
         compartment_resolution=comp_res,

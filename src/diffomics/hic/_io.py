@@ -19,7 +19,7 @@ from diffomics.core._errors import (
     ShapeError,
 )
 
-__all__ = ["ContactMap", "as_contact_map", "from_dense", "read_cool"]
+__all__ = ["ContactMap", "as_contact_map", "count_features", "from_dense", "read_cool"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -232,3 +232,40 @@ def as_contact_map(data, *, region: str | None = None, resolution: int | None = 
     if type(data).__name__ == "Cooler":
         return read_cool(data.uri, region)
     return from_dense(data, resolution=resolution or 1, name="contact matrix")
+
+
+def count_features(features: pd.DataFrame, bins: pd.DataFrame, *, position: str = "start"):
+    """Number of features (peaks, genes, CpG islands) whose position falls in each bin.
+
+    A phasing track for compartments (gene or CTCF-peak density is higher in A) or an
+    annotation to test boundaries against.
+
+    Args:
+      features: DataFrame with ``chrom`` and the `position` column (bp).
+      bins: the bin table (``chrom, start, end``) of a `ContactMap`.
+      position: column holding each feature's position.
+
+    Returns:
+      DataFrame ``chrom, start, end, count``, one row per bin.
+
+    Examples:
+      >>> bins = pd.DataFrame({"chrom": "chr1", "start": [0, 10], "end": [10, 20]})
+      >>> peaks = pd.DataFrame({"chrom": ["chr1", "chr1", "chr2"], "start": [3, 4, 5]})
+      >>> count_features(peaks, bins)["count"].tolist()
+      [2, 0]
+    """
+    missing = {"chrom", position} - set(features.columns)
+    if missing:
+        msg = f"features needs columns chrom and {position!r}; missing {sorted(missing)}."
+        raise MissingKeyError(msg)
+    out = bins[["chrom", "start", "end"]].copy()
+    counts = np.zeros(len(out), dtype=np.int64)
+    for chrom, rows in out.groupby("chrom", sort=False).groups.items():
+        rows = np.asarray(rows)
+        edges = out["start"].to_numpy()[rows]
+        pos = features.loc[features["chrom"] == chrom, position].to_numpy()
+        idx = np.searchsorted(edges, pos, side="right") - 1
+        ok = (idx >= 0) & (pos < out["end"].to_numpy()[rows][-1])
+        np.add.at(counts, rows[idx[ok]], 1)
+    out["count"] = counts
+    return out
