@@ -221,3 +221,29 @@ def test_bad_windows_are_refused(planted):
     sim, _ = planted
     with pytest.raises(ConfigError, match="multiples of the resolution"):
         analyze(sim.counts, resolution=10_000, windows=[15_000])
+
+
+def test_dots_do_not_depend_on_tiling_and_match_the_dense_operator():
+    from flax import nnx
+
+    from diffomics.hic import band_from_pixels, call_dots, expected_cis, from_dense
+    from diffomics.operators.multiomics import HiCContactAnalysis, HiCContactAnalysisConfig
+
+    sim = simulate_map(ab_strength=0.0)
+    cmap = from_dense(sim.counts, resolution=10_000)
+    weights = np.where(np.isin(np.arange(240), sim.empty), np.nan, 1.0)
+    exp = expected_cis(cmap.bin1, cmap.bin2, cmap.count, np.nan_to_num(weights)).balanced_avg
+    band = np.asarray(band_from_pixels(cmap.bin1, cmap.bin2, cmap.count, 240, 240))
+    kwargs = {"resolution": 10_000, "max_distance_bins": 200, "kernel_size": (5, 2),
+              "cluster_filtering": False}  # fmt: skip
+    whole = call_dots(band, weights, np.asarray(exp), tile_rows=1024, **kwargs)
+    tiled = call_dots(band, weights, np.asarray(exp), tile_rows=7, **kwargs)
+    pd.testing.assert_frame_equal(whole.reset_index(drop=True), tiled.reset_index(drop=True))
+    # the dense operator's loop score is observed / donut local expected, the same quantity
+    config = HiCContactAnalysisConfig(resolution=10_000, insulation_window=50_000, balance=False,
+                                      distance_decay=False)  # fmt: skip
+    scores = np.asarray(HiCContactAnalysis(config, rngs=nnx.Rngs(0)).apply(
+        {"contact_matrix": sim.counts}, {}, None)[0]["loop_scores"])  # fmt: skip
+    i, j = whole["bin1_id"].to_numpy(), whole["bin2_id"].to_numpy()
+    want = whole["count"].to_numpy() / whole["la_exp.donut.value"].to_numpy()
+    np.testing.assert_allclose(scores[i, j], want, rtol=1e-4)
