@@ -13,6 +13,7 @@ PUBLIC = [
     "diffomics.core",
     "diffomics.spatial",
     "diffomics.hic",
+    "diffomics.integration",
     "diffomics.operators",
     "diffomics.operators.multiomics",
     "diffomics.sources",

@@ -6,16 +6,19 @@ Operators and analyses build their losses from these; no other module writes the
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 from jax import Array
 from jax.scipy.special import betaln, gammaln
 
 __all__ = [
     "LIKELIHOODS",
+    "bernoulli_log_prob",
     "dirichlet_softmax_log_prob",
     "gaussian_log_prob",
     "nb_log_prob",
     "poisson_log_prob",
+    "zinb_log_prob",
 ]
 
 #: Names accepted by ``likelihood=`` arguments across the package.
@@ -57,6 +60,59 @@ def nb_log_prob(x: Array, mu: Array, theta: Array, *, eps: float = 1e-8) -> Arra
     return (
         log_binom - theta * jnp.log1p(mu / (theta + eps)) + x * (jnp.log(mu + eps) - log_theta_mu)
     )
+
+
+def zinb_log_prob(x: Array, mu: Array, theta: Array, pi_logits: Array, *, eps: float = 1e-8):
+    """Zero-inflated negative-binomial log-likelihood (scVI's ``zinb``).
+
+    With probability ``sigmoid(pi_logits)`` an entry is a structural zero, otherwise it is
+    ``NB(mu, theta)`` (`nb_log_prob`); computed in log space.
+
+    Args:
+      x: observed counts, `(n_obs, n_features)`, >= 0.
+      mu: NB mean, broadcastable to `x`, > 0.
+      theta: NB inverse dispersion, broadcastable to `x`, > 0.
+      pi_logits: logit of the zero-inflation probability, broadcastable to `x`.
+      eps: passed to `nb_log_prob`.
+
+    Returns:
+      Log-probability per entry in nats, shape of `x`.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> round(float(zinb_log_prob(jnp.array(0.0), jnp.array(1.0), jnp.array(1.0),
+      ...                           jnp.array(0.0))), 4)  # log(0.5 + 0.5 * 0.5)
+      -0.2877
+    """
+    x, mu, theta, pi_logits = jnp.broadcast_arrays(x, mu, theta, pi_logits)
+    nb = nb_log_prob(x, mu, theta, eps=eps)
+    log_pi, log_not_pi = jax.nn.log_sigmoid(pi_logits), jax.nn.log_sigmoid(-pi_logits)
+    zero = jnp.logaddexp(log_pi, log_not_pi + nb)
+    return jnp.where(x == 0, zero, log_not_pi + nb)
+
+
+def bernoulli_log_prob(x: Array, log_p: Array) -> Array:
+    """Bernoulli log-likelihood with the success probability given as ``log p``.
+
+    ``log(1 - p)`` is computed as ``log(-expm1(log p))``, accurate for ``p`` near 0 and 1;
+    MultiVI's accessibility model passes ``log p`` as a sum of log-sigmoids (peak, cell and
+    region factors).
+
+    Args:
+      x: 0/1 observations, `(n_obs, n_features)`.
+      log_p: log success probability, broadcastable to `x`, <= 0.
+
+    Returns:
+      Log-probability per entry in nats, shape of `x`.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> round(float(bernoulli_log_prob(jnp.array(0.0), jnp.log(jnp.array(0.25)))), 4)
+      -0.2877
+    """
+    x, log_p = jnp.broadcast_arrays(x, log_p)
+    log_p = jnp.minimum(log_p, -1e-7)  # p = 1 would make log(1 - p) = -inf
+    return x * log_p + (1.0 - x) * jnp.log(-jnp.expm1(log_p))
 
 
 def poisson_log_prob(x: Array, rate: Array, *, eps: float = 1e-8) -> Array:

@@ -12,12 +12,14 @@ from diffomics.core._errors import DataIntegrityError, MissingKeyError
 from diffomics.datasets._registry import DATASETS, verify_checksums
 
 __all__ = [
+    "eccite_pbmc500",
     "gm12878_annotations",
     "gm12878_hic",
     "mouse_olfactory_bulb",
     "osmfish",
     "provenance",
     "seqfish_cortex",
+    "snareseq_celllines",
 ]
 
 
@@ -286,3 +288,75 @@ def gm12878_annotations(folder: Path | None = None, *, verify: bool = True) -> d
         names=["chrom", "start", "end", "name", "score", "strand", "signal", "p", "q", "summit"],
     )
     return {"domains": domains, "loops": loops, "ctcf": ctcf}
+
+
+def eccite_pbmc500(folder: Path | None = None, *, verify: bool = True) -> dict:
+    """ECCITE-seq PBMC (Mimitou 2019), 500 cells with paired RNA and protein counts.
+
+    Args:
+      folder: folder with the files; None uses the copy bundled with diffomics.
+      verify: check file checksums first.
+
+    Returns:
+      ``{"rna": AnnData (500 x 19,521), "protein": AnnData (500 x 49)}``, raw counts in
+      ``X`` (float32), the same ``obs_names`` (barcodes), ``obs["hashtag"]`` (the argmax
+      hashtag) and the provenance in ``uns["provenance"]``.
+
+    Examples:
+      >>> d = eccite_pbmc500()
+      >>> d["rna"].shape, d["protein"].shape
+      ((500, 19521), (500, 49))
+    """
+    import scipy.io
+
+    record = provenance("eccite_pbmc500_mimitou2019", folder, verify=verify)
+    base = Path(record["source_path"])
+    barcodes = pd.read_csv(base / "barcodes.tsv", header=None)[0].astype(str).to_numpy()
+    genes = pd.read_csv(base / "rna_genes.tsv", header=None)[0].astype(str).rename(None)
+    rna = scipy.io.mmread(base / "rna_counts.mtx.gz").tocsr().T.astype(np.float32)
+    adt = pd.read_csv(base / "adt_counts.csv.gz", index_col=0)
+    hto = pd.read_csv(base / "hto_counts.csv", index_col=0)
+    if list(adt.columns) != list(barcodes) or list(hto.columns) != list(barcodes):
+        msg = f"{base}: the modalities list their cells in different orders."
+        raise DataIntegrityError(msg)
+    obs = pd.DataFrame({"hashtag": hto.idxmax(axis=0).to_numpy()}, index=barcodes)
+    out = {
+        "rna": ad.AnnData(rna, obs=obs.copy(),
+                          var=pd.DataFrame(index=genes.str.removeprefix("hg19_"))),
+        "protein": ad.AnnData(adt.T.to_numpy(np.float32), obs=obs.copy(),
+                              var=pd.DataFrame(index=adt.index.astype(str))),
+    }  # fmt: skip
+    out["rna"].var_names_make_unique()
+    for adata in out.values():
+        adata.uns["provenance"] = record
+    return out
+
+
+def snareseq_celllines(folder: Path | None = None, *, verify: bool = True) -> dict:
+    """SNARE-seq cell lines (Chen 2019) as SCOT's paired RNA and ATAC features.
+
+    Args:
+      folder: folder with the files; None uses the copy bundled with diffomics.
+      verify: check file checksums first.
+
+    Returns:
+      ``{"rna": AnnData (1,047 x 10), "atac": AnnData (1,047 x 19)}`` with features (not
+      counts: use a Gaussian likelihood), ``obs["cell_line"]`` and the provenance.
+
+    Examples:
+      >>> d = snareseq_celllines()
+      >>> d["atac"].shape, sorted(d["rna"].obs["cell_line"].unique())
+      ((1047, 19), ['BJ', 'GM', 'H1', 'K562'])
+    """
+    record = provenance("snareseq_celllines_chen2019", folder, verify=verify)
+    base = Path(record["source_path"])
+    meta = pd.read_csv(base / "SNAREseq_metadata.txt", sep="\t")
+    obs = pd.DataFrame({"cell_line": meta["CellType"].astype(str).to_numpy()},
+                       index=meta["Barcode"].astype(str).to_numpy())  # fmt: skip
+    out = {}
+    for name in ("rna", "atac"):
+        x = np.load(base / f"SNAREseq_{name}_feat.npy").astype(np.float32)
+        var = pd.DataFrame(index=[f"{name}_feature_{i}" for i in range(x.shape[1])])
+        out[name] = ad.AnnData(x, obs=obs.copy(), var=var)
+        out[name].uns["provenance"] = record
+    return out

@@ -114,6 +114,34 @@ DATASETS: dict[str, DatasetInfo] = {
             modalities=("hic",),
             value_scale="counts (read pairs per pixel)",
         ),
+        DatasetInfo(
+            name="eccite_pbmc500_mimitou2019",
+            title="ECCITE-seq PBMC control sample, 500 cells: RNA (19,521 genes), 49 surface "
+            "proteins (ADT) and 4 hashtags, raw counts",
+            publications=(
+                "Mimitou et al., 'Multiplexed detection of proteins, transcriptomes, clonotypes "
+                "and CRISPR perturbations in single cells', Nat. Methods 16:409 (2019), "
+                "https://doi.org/10.1038/s41592-019-0392-0 (GEO GSE126310)",
+            ),
+            origin="SydneyBioX/CiteFuse @b6075864, data/CITEseq_example.rda (see SOURCE.md)",
+            license="GPL-3 (package); data public",
+            modalities=("rna", "protein"),
+            value_scale="counts (UMIs per cell)",
+        ),
+        DatasetInfo(
+            name="snareseq_celllines_chen2019",
+            title="SNARE-seq cell-line mixture (H1, GM12878, BJ, K562), 1,047 cells: paired "
+            "RNA (10) and ATAC (19) preprocessed features",
+            publications=(
+                "Chen, Lake & Zhang, 'High-throughput sequencing of the transcriptome and "
+                "chromatin accessibility in the same cell', Nat. Biotechnol. 37:1452 (2019), "
+                "https://doi.org/10.1038/s41587-019-0290-0 (GEO GSE126074)",
+            ),
+            origin="rsinghlab/SCOT @14649be6, data/SNARE/",
+            license="MIT (SCOT); data public",
+            modalities=("rna", "atac"),
+            value_scale="preprocessed low-dimensional features, not counts",
+        ),
     )
 }
 

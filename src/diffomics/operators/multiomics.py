@@ -6,6 +6,12 @@ from diffomics.operators._hic_contact_analysis import (
 from diffomics.operators._hic_contact_analysis import (
     HiCContactAnalysisConfig as HiCContactAnalysisConfig,
 )
+from diffomics.operators._multiomics_vae import (
+    DifferentiableMultiOmicsVAE as DifferentiableMultiOmicsVAE,
+)
+from diffomics.operators._multiomics_vae import (
+    MultiOmicsVAEConfig as MultiOmicsVAEConfig,
+)
 from diffomics.operators._spatial_deconvolution import (
     SpatialDeconvolution as SpatialDeconvolution,
 )
@@ -20,9 +26,11 @@ from diffomics.operators._spatial_gene_detector import (
 )
 
 __all__ = [
+    "DifferentiableMultiOmicsVAE",
     "DifferentiableSpatialGeneDetector",
     "HiCContactAnalysis",
     "HiCContactAnalysisConfig",
+    "MultiOmicsVAEConfig",
     "SpatialDeconvolution",
     "SpatialDeconvolutionConfig",
     "SpatialGeneDetectorConfig",

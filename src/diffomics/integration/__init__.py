@@ -1,0 +1,21 @@
+"""Multi-omics integration: product-of-experts fusion, the `integrate` analysis, metrics."""
+
+from diffomics.integration._integrate import IntegrationModel as IntegrationModel
+from diffomics.integration._integrate import integrate as integrate
+from diffomics.integration._metrics import foscttm as foscttm
+from diffomics.integration._metrics import imputation_correlation as imputation_correlation
+from diffomics.integration._metrics import knn_label_accuracy as knn_label_accuracy
+from diffomics.integration._metrics import label_silhouette as label_silhouette
+from diffomics.integration._poe import gaussian_kl as gaussian_kl
+from diffomics.integration._poe import product_of_experts as product_of_experts
+
+__all__ = [
+    "IntegrationModel",
+    "foscttm",
+    "gaussian_kl",
+    "imputation_correlation",
+    "integrate",
+    "knn_label_accuracy",
+    "label_silhouette",
+    "product_of_experts",
+]

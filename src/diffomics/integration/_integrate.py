@@ -1,0 +1,387 @@
+"""`integrate`: train the multi-omics VAE on AnnData / MuData.
+
+Minibatches and early stopping on the held-out ELBO; embed, impute across modalities, save
+and load.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+
+import jax
+import numpy as np
+import optax
+import pandas as pd
+import scipy.sparse
+from flax import nnx
+from tqdm.auto import tqdm
+
+from diffomics.core._errors import ConfigError, MissingKeyError, ShapeError
+from diffomics.operators._multiomics_vae import (
+    DifferentiableMultiOmicsVAE,
+    MultiOmicsVAEConfig,
+    gradnorm_step,
+)
+
+__all__ = ["IntegrationModel", "integrate"]
+
+
+def _modalities(data) -> dict:
+    """``{name: AnnData}`` from a MuData or a mapping."""
+    if hasattr(data, "mod"):
+        return dict(data.mod)
+    if isinstance(data, Mapping):
+        return dict(data)
+    msg = f"data must be a MuData or a dict of AnnData objects; found {type(data).__name__}."
+    raise ConfigError(msg)
+
+
+def _align(mods: dict, join: str) -> tuple[pd.Index, dict, dict, dict]:
+    """Cells (by obs_names) and, per modality, a dense matrix and an observed mask."""
+    for name, adata in mods.items():
+        if adata.obs_names.has_duplicates:
+            dup = adata.obs_names[adata.obs_names.duplicated()][:3].tolist()
+            msg = f"modality {name!r} has duplicated obs_names (e.g. {dup}); make them unique."
+            raise ShapeError(msg)
+        if adata.n_vars == 0:
+            msg = f"modality {name!r} has zero features."
+            raise ShapeError(msg)
+    indexes = [a.obs_names for a in mods.values()]
+    union, inner = indexes[0], indexes[0]
+    for idx in indexes[1:]:
+        union, inner = union.union(idx, sort=False), inner.intersection(idx, sort=False)
+    cells = inner if join == "inner" else union
+    report = {"n_cells": len(cells), "join": join,
+              "cells_not_in_every_modality": int(len(union) - len(inner))}  # fmt: skip
+    if len(cells) == 0:
+        msg = "no cell (obs_name) is shared by the modalities; check that the cells match."
+        raise ShapeError(msg)
+    matrices, masks = {}, {}
+    for name, adata in mods.items():
+        pos = adata.obs_names.get_indexer(cells)
+        present = pos >= 0
+        x = adata.X[pos[present]]
+        x = x.toarray() if scipy.sparse.issparse(x) else np.asarray(x)
+        full = np.zeros((len(cells), adata.n_vars), dtype=np.float32)
+        full[present] = x
+        matrices[name], masks[name] = full, present.astype(np.float32)
+        report[f"cells_without_{name}"] = int((~present).sum())
+    if report["cells_not_in_every_modality"] and join == "inner":
+        warnings.warn(
+            f"{report['cells_not_in_every_modality']} cells are not in every modality and were "
+            "left out (join='inner'); use join='outer' to keep them as mosaic data.",
+            stacklevel=3,
+        )
+    return cells, matrices, masks, report
+
+
+@dataclasses.dataclass
+class IntegrationModel:
+    """A trained `DifferentiableMultiOmicsVAE` with the cells it was trained on.
+
+    Attributes:
+      module: the trained operator.
+      cells: obs_names of the cells, in row order.
+      data: the training inputs (``<name>_counts``, ``<name>_mask``, ``batch``).
+      history: DataFrame ``epoch, train_loss, validation_loss``.
+      report: alignment, epochs, early stopping and timings.
+      scales: ``{name: (mean, sd)}`` of the standardised Gaussian modalities.
+    """
+
+    module: DifferentiableMultiOmicsVAE
+    cells: pd.Index
+    data: dict
+    history: pd.DataFrame
+    report: dict
+    scales: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def names(self) -> list[str]:
+        """Modality names."""
+        return self.module.config.names
+
+    def _chunks(self, data, size=1024):
+        n = len(next(iter(data.values())))
+        for start in range(0, n, size):
+            yield {k: v[start : start + size] for k, v in data.items()}
+
+    def latent(self, modalities: list[str] | None = None, data: dict | None = None) -> np.ndarray:
+        """Joint posterior mean from all modalities or only `modalities`, `(n_cells, latent)`."""
+        unknown = set(modalities or []) - set(self.names)
+        if unknown:
+            msg = f"unknown modalities {sorted(unknown)}; the model has {self.names}."
+            raise MissingKeyError(msg)
+        self.module.eval()
+        parts = [np.asarray(self.module.encode(chunk, modalities)[0])
+                 for chunk in self._chunks(data or self.data)]  # fmt: skip
+        return np.concatenate(parts)
+
+    def impute(self, target: str, from_: list[str], data: dict | None = None) -> np.ndarray:
+        """Expected `target` values decoded from the latent of the `from_` modalities.
+
+        Count likelihoods are scaled to each cell's observed library size of `target` when
+        it was measured, and to the median library size otherwise.
+        """
+        if target not in self.names:
+            msg = f"unknown target {target!r}; the model has {self.names}."
+            raise MissingKeyError(msg)
+        data = data or self.data
+        m = self.names.index(target)
+        z = self.latent(from_, data)
+        x = np.asarray(data[f"{target}_counts"], dtype=np.float32)
+        lib = np.maximum(x.sum(1), 1.0)
+        mask = np.asarray(data.get(f"{target}_mask", np.ones(len(x))), bool)
+        lib = np.where(mask, lib, np.median(lib[mask]) if mask.any() else 1.0).astype(np.float32)
+        c = self.module.config
+        batch = (jax.nn.one_hot(np.asarray(data["batch"]), c.n_batches) if c.n_batches
+                 else np.zeros((len(x), 0), np.float32))  # fmt: skip
+        _, mean = self.module.decoders[m](z, batch, x, lib)
+        mean = np.asarray(mean)
+        if target in self.scales:
+            center, sd = self.scales[target]
+            mean = mean * sd + center
+        return mean
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the config and parameters to folder `path` (``config.json``, ``state.npz``)."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        config = dataclasses.asdict(self.module.config)
+        (path / "config.json").write_text(json.dumps(config, indent=2))
+        state = nnx.state(self.module, nnx.Param)
+        leaves = {"/".join(map(str, k)): np.asarray(v) for k, v in _flat(state)}
+        np.savez(path / "state.npz", **leaves)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, data=None, *, join: str = "inner") -> IntegrationModel:
+        """Rebuild a model saved by `save`; `data` (MuData / dict of AnnData) to embed."""
+        path = Path(path)
+        config = MultiOmicsVAEConfig(**json.loads((path / "config.json").read_text()))
+        module = DifferentiableMultiOmicsVAE(config, rngs=nnx.Rngs(0))
+        stored = np.load(path / "state.npz")
+        state = nnx.state(module, nnx.Param)
+        for key, var in _flat(state):
+            var[...] = stored["/".join(map(str, key))]
+        nnx.update(module, state)
+        cells, inputs = pd.Index([]), {}
+        if data is not None:
+            cells, matrices, masks, _ = _align(_modalities(data), join)
+            inputs = _inputs(config.names, matrices, masks)
+        return cls(module, cells, inputs, pd.DataFrame(), {"loaded_from": str(path)})
+
+
+def _copy_state(module):
+    return jax.tree.map(lambda a: a.copy() if hasattr(a, "copy") else a, nnx.state(module))
+
+
+def _flat(state):
+    return list(nnx.to_flat_state(state))
+
+
+def _inputs(names, matrices, masks, batch=None) -> dict:
+    data = {}
+    for name in names:
+        data[f"{name}_counts"] = matrices[name]
+        data[f"{name}_mask"] = masks[name]
+    if batch is not None:
+        data["batch"] = batch
+    return data
+
+
+def integrate(
+    data,
+    *,
+    likelihoods: dict[str, str] | None = None,
+    latent_dim: int = 10,
+    hidden_dim: int = 128,
+    n_layers: int = 2,
+    batch_key: str | None = None,
+    join: str = "inner",
+    standardize: bool = True,
+    modality_weight_mode: str = "equal",
+    use_gradnorm: bool = False,
+    max_epochs: int = 400,
+    batch_size: int = 128,
+    learning_rate: float = 1e-3,
+    validation_fraction: float = 0.1,
+    patience: int = 20,
+    seed: int = 0,
+    progress: bool | None = None,
+) -> IntegrationModel:
+    """Integrate paired (or mosaic) modalities into one latent space with the multi-omics VAE.
+
+    Cells are matched by ``obs_names`` across modalities (``join="inner"`` keeps those in
+    every modality and warns about the rest; ``"outer"`` keeps all, masking absent
+    modalities). Training: Adam on minibatches of `batch_size` cells, the ELBO of a held-out
+    `validation_fraction` of cells checked every epoch, stopping after `patience` epochs
+    without improvement and restoring the best parameters. Writes the joint latent to
+    ``obsm["X_diffomics"]`` of every AnnData (and of the MuData) for the cells it holds.
+
+    Args:
+      data: a MuData, or a dict ``{name: AnnData}``; each ``X`` holds that modality
+        (counts for count likelihoods).
+      likelihoods: ``{name: likelihood}`` (`MODALITY_LIKELIHOODS`); default by name (rna,
+        protein: NB; atac: Bernoulli; others: Gaussian).
+      latent_dim: size of the joint latent space.
+      hidden_dim: width of the encoder and decoder layers.
+      n_layers: hidden layers per encoder and decoder.
+      batch_key: column of the first modality's ``obs`` with batch labels (covariate).
+      join: ``"inner"`` or ``"outer"`` (mosaic).
+      standardize: z-score each feature of Gaussian modalities (mean 0, sd 1 over the
+        observed cells) before training; `IntegrationModel.impute` returns the original
+        units.
+      modality_weight_mode: ``"equal"`` or ``"learnable"``.
+      use_gradnorm: learn the weights by GradNorm.
+      max_epochs: epoch limit.
+      batch_size: cells per minibatch.
+      learning_rate: Adam step size.
+      validation_fraction: held-out cells for early stopping.
+      patience: epochs without improvement that stop training.
+      seed: seeds initialisation, shuffling, the split and the sampling noise.
+      progress: progress bar (None: only on a terminal).
+
+    Returns:
+      An `IntegrationModel`.
+
+    Raises:
+      ShapeError: duplicated obs_names, a modality with zero features, or no shared cell.
+      CountsError: negative values for a count likelihood.
+      NonFiniteError: NaN or inf.
+      ConfigError: a bad argument.
+    """
+    if join not in ("inner", "outer"):
+        msg = f"join must be 'inner' or 'outer'; found {join!r}."
+        raise ConfigError(msg)
+    mods = _modalities(data)
+    names = list(mods)
+    cells, matrices, masks, report = _align(mods, join)
+    liks = likelihoods or {}
+    unknown = set(liks) - set(names)
+    if unknown:
+        msg = f"likelihoods names {sorted(unknown)} are not modalities ({names})."
+        raise MissingKeyError(msg)
+    default = MultiOmicsVAEConfig(modality_dims=[1] * len(names), modality_names=names)
+    batch, n_batches = None, 0
+    if batch_key is not None:
+        first = mods[names[0]]
+        if batch_key not in first.obs:
+            msg = f"batch_key {batch_key!r} is not a column of {names[0]}.obs."
+            raise MissingKeyError(msg)
+        labels = first.obs[batch_key].reindex(cells)
+        codes, uniques = pd.factorize(labels.astype(str))
+        batch, n_batches = codes.astype(np.int32), len(uniques)
+    config = MultiOmicsVAEConfig(
+        modality_dims=[matrices[n].shape[1] for n in names],
+        modality_names=names,
+        likelihoods=[liks.get(n, lik)
+                     for n, lik in zip(names, default.likelihood_list, strict=True)],
+        latent_dim=latent_dim,
+        hidden_dim=hidden_dim,
+        n_layers=n_layers,
+        n_batches=n_batches,
+        modality_weight_mode=modality_weight_mode,
+        use_gradnorm=use_gradnorm,
+    )
+    scales = {}
+    if standardize:
+        for name, lik in zip(names, config.likelihood_list, strict=True):
+            if lik == "gaussian":
+                x, seen = matrices[name], masks[name] > 0
+                mean = x[seen].mean(0)
+                sd = np.where(x[seen].std(0) > 0, x[seen].std(0), 1.0)
+                matrices[name] = np.where(seen[:, None], (x - mean) / sd, 0.0).astype(np.float32)
+                scales[name] = (mean.astype(np.float32), sd.astype(np.float32))
+        report["standardized"] = sorted(scales)
+    inputs = _inputs(names, matrices, masks, batch)
+    module = DifferentiableMultiOmicsVAE(config, rngs=nnx.Rngs(params=seed, noise=seed + 1,
+                                                               dropout=seed + 2))  # fmt: skip
+    module._check(inputs)
+
+    n = len(cells)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(n)
+    n_val = int(round(validation_fraction * n)) if n >= 20 else 0
+    val_idx, train_idx = order[:n_val], order[n_val:]
+    batch_size = int(min(batch_size, len(train_idx)))
+    take = lambda idx: {k: v[idx] for k, v in inputs.items()}  # noqa: E731
+
+    optimizer = nnx.Optimizer(module, optax.adam(learning_rate), wrt=nnx.Param)
+
+    @nnx.jit
+    def train_step(model, opt, batch_data):
+        model.train()
+        loss, grads = nnx.value_and_grad(lambda m: m.loss(batch_data))(model)
+        opt.update(model, grads)
+        return loss
+
+    @nnx.jit
+    def eval_loss(model, batch_data):
+        model.eval()
+        return model.loss(batch_data)
+
+    gradnorm = nnx.jit(gradnorm_step) if use_gradnorm else None
+    initial = None
+    history = []
+    best, best_state, waited = np.inf, _copy_state(module), 0
+    show = progress if progress is not None else None
+    bar = tqdm(range(max_epochs), disable=show is False, desc="integrate", unit="epoch")
+    timings = []
+    for epoch in bar:
+        start = time.perf_counter()
+        perm = rng.permutation(train_idx)
+        losses = []
+        for b in range(len(perm) // batch_size):
+            batch_data = take(perm[b * batch_size : (b + 1) * batch_size])
+            losses.append(float(train_step(module, optimizer, batch_data)))
+            if gradnorm is not None:
+                if initial is None:
+                    t = module.terms(batch_data)
+                    initial = -(t["log_likelihood"].sum(1) / t["mask"].sum(1).clip(1))
+                gradnorm(module, batch_data, initial)
+        if n_val:
+            val = float(np.mean([float(eval_loss(module, take(val_idx[s : s + 1024])))
+                                 for s in range(0, n_val, 1024)]))  # fmt: skip
+        else:
+            val = float(np.mean(losses))
+        timings.append(time.perf_counter() - start)
+        history.append((epoch, float(np.mean(losses)), val))
+        bar.set_postfix(train=f"{np.mean(losses):.1f}", val=f"{val:.1f}")
+        if not np.isfinite(val):
+            msg = f"the ELBO became {val} at epoch {epoch}; lower learning_rate."
+            raise ConfigError(msg)
+        if val < best - 1e-3 * abs(best if np.isfinite(best) else 0):
+            best, best_state, waited = val, _copy_state(module), 0
+        else:
+            waited += 1
+            if waited >= patience:
+                break
+    nnx.update(module, best_state)
+    module.eval()
+    report.update(
+        epochs=len(history),
+        best_validation_loss=best,
+        stopped_early=len(history) < max_epochs,
+        first_epoch_seconds=timings[0],
+        seconds_per_epoch=float(np.median(timings[1:])) if len(timings) > 1 else timings[0],
+        modality_weights=np.asarray(module.modality_weights()).round(4).tolist(),
+    )
+    model = IntegrationModel(
+        module, cells, inputs,
+        pd.DataFrame(history, columns=["epoch", "train_loss", "validation_loss"]), report,
+        scales,
+    )  # fmt: skip
+    z = model.latent()
+    for adata in mods.values():
+        pos = cells.get_indexer(adata.obs_names)
+        if (pos >= 0).all():
+            adata.obsm["X_diffomics"] = z[pos]
+    if hasattr(data, "mod") and cells.equals(pd.Index(data.obs_names)):
+        data.obsm["X_diffomics"] = z
+    return model
