@@ -26,6 +26,25 @@ from diffomics.hic._io import ContactMap, as_contact_map
 __all__ = ["HiCResult", "analyze", "ice_balance"]
 
 
+def _bucket(n: int) -> int:
+    """`n` rounded up to a multiple of 1/8 of its power of two (at most 12.5% padding).
+
+    Maps of similar sizes then share one compiled program, chromosome after chromosome.
+    """
+    step = max(1, (1 << max(int(n - 1).bit_length(), 3)) // 8)
+    return -(-n // step) * step
+
+
+def _padded_pixels(cmap: ContactMap, n_bins: int):
+    """Pixel arrays padded with zero-count pixels to a bucketed length."""
+    nnz = cmap.bin1.size
+    pad = _bucket(max(nnz, 1)) - nnz
+    zeros = np.zeros(pad, np.int64)
+    last = n_bins - 1
+    return (np.r_[cmap.bin1, zeros + last], np.r_[cmap.bin2, zeros + last],
+            np.r_[cmap.count, np.zeros(pad)])  # fmt: skip
+
+
 @dataclasses.dataclass
 class HiCResult:
     """Tables of one `analyze` run (cooltools-compatible column names).
@@ -115,9 +134,11 @@ def ice_balance(
             f"{cmap.n_bins}; dropped {report}); it needs at least 3 to balance."
         )
         raise CountsError(msg)
-    res = ice(cmap.bin1, cmap.bin2, cmap.count, valid, ignore_diags=ignore_diags,
-              max_iter=max_iter, tol=tol)  # fmt: skip
-    weights = np.where(valid, np.asarray(res.weights, dtype=np.float64), np.nan)
+    n_pad = _bucket(cmap.n_bins)
+    b1, b2, counts = _padded_pixels(cmap, n_pad)
+    res = ice(b1, b2, counts, np.r_[valid, np.zeros(n_pad - cmap.n_bins, bool)],
+              ignore_diags=ignore_diags, max_iter=max_iter, tol=tol)  # fmt: skip
+    weights = np.where(valid, np.asarray(res.weights, dtype=np.float64)[: cmap.n_bins], np.nan)
     report = {
         "filtered_bins": report,
         "n_masked_bins": int((~valid).sum()),
@@ -251,7 +272,11 @@ def analyze(
     valid = np.isfinite(weights) & (weights > 0)
     w0 = np.where(valid, weights, 0.0)
 
-    exp = expected_cis(cmap.bin1, cmap.bin2, cmap.count, w0, ignore_diags=ignore_diags)
+    n_pad = _bucket(n)
+    b1, b2, counts = _padded_pixels(cmap, n_pad)
+    exp = expected_cis(b1, b2, counts, np.r_[w0, np.zeros(n_pad - n)], n_diags=n_pad,
+                       ignore_diags=ignore_diags)  # fmt: skip
+    exp = type(exp)(*(np.asarray(a)[:n] for a in exp))
     chrom = str(cmap.bins["chrom"].iloc[0])
     expected = pd.DataFrame(
         {
@@ -273,10 +298,10 @@ def analyze(
     kw = kernel_size or recommend_kernel_size(res)
     max_dist = min(max_loci_separation // res, n)
     n_diags = min(n, max(2 * w_max, max_dist + 2 * kw[0] + 1 if do_loops else 0))
-    counts_band = band_from_pixels(cmap.bin1, cmap.bin2, cmap.count, n, n_diags)
-    mask = band_mask(valid, n_diags)
-    wj = jnp.asarray(w0, jnp.float32)
-    idx = jnp.minimum(jnp.arange(n)[:, None] + jnp.arange(n_diags)[None, :], n - 1)
+    counts_band = band_from_pixels(b1, b2, counts, n_pad, n_diags)  # padded rows are empty
+    mask = band_mask(np.r_[valid, np.zeros(n_pad - n, bool)], n_diags)
+    wj = jnp.asarray(np.r_[w0, np.zeros(n_pad - n)], jnp.float32)
+    idx = jnp.minimum(jnp.arange(n_pad)[:, None] + jnp.arange(n_diags)[None, :], n_pad - 1)
     balanced_band = counts_band * wj[:, None] * wj[idx]
 
     table = cmap.bins[["chrom", "start", "end"]].copy()
@@ -285,8 +310,8 @@ def analyze(
     boundaries = []
     for w in windows:
         ins = insulation(balanced_band, mask, w // res, ignore_diags=ignore_diags)
-        table[f"log2_insulation_score_{w}"] = np.asarray(ins.log2_score, dtype=np.float64)
-        table[f"n_valid_pixels_{w}"] = np.asarray(ins.n_pixels, dtype=np.float64)
+        table[f"log2_insulation_score_{w}"] = np.asarray(ins.log2_score, dtype=np.float64)[:n]
+        table[f"n_valid_pixels_{w}"] = np.asarray(ins.n_pixels, dtype=np.float64)[:n]
         strength = boundary_strength(
             table[f"log2_insulation_score_{w}"].to_numpy(),
             table[f"n_valid_pixels_{w}"].to_numpy(),
@@ -317,10 +342,14 @@ def analyze(
             cw = weights
         cvalid = np.isfinite(cw) & (cw > 0)
         cw0 = np.where(cvalid, cw, 0.0)
-        dense = coarse.dense(coarse.count * cw0[coarse.bin1] * cw0[coarse.bin2])
-        eig = cis_eigs(jnp.asarray(dense, jnp.float32), jnp.asarray(cvalid),
-                       n_eigs=n_eigs, ignore_diags=ignore_diags)  # fmt: skip
-        vecs = np.where(cvalid[None, :], np.asarray(eig.eigvecs, dtype=np.float64), np.nan)
+        nc, nc_pad = coarse.n_bins, _bucket(coarse.n_bins)
+        dense = np.zeros((nc_pad, nc_pad), np.float32)
+        dense[:nc, :nc] = coarse.dense(coarse.count * cw0[coarse.bin1] * cw0[coarse.bin2])
+        eig = cis_eigs(jnp.asarray(dense), jnp.asarray(np.r_[cvalid, np.zeros(nc_pad - nc, bool)]),
+                       n_eigs=n_eigs, ignore_diags=ignore_diags, solver="lobpcg",
+                       n_bins=nc)  # fmt: skip
+        vecs = np.asarray(eig.eigvecs, dtype=np.float64)[:, :nc]
+        vecs = np.where(cvalid[None, :], vecs, np.nan)
         if phasing_track is not None:
             track = _phasing(phasing_track, cmap.bins)
             vecs = phase_eigs(vecs, _coarse_track(track, factor))
@@ -334,7 +363,7 @@ def analyze(
     dots = None
     if do_loops:
         found = call_dots(
-            np.asarray(counts_band),
+            np.asarray(counts_band)[:n],
             weights,
             np.asarray(exp.balanced_avg)[:n_diags],
             resolution=res,

@@ -265,8 +265,10 @@ def call_dots(
 
     score = jax.jit(lambda o, e, bad: local_expected(o, e, bad, kernels))
 
-    def tile(start, stop):
-        rows = np.arange(start - w, stop + w)
+    size = min(tile_rows, n)
+
+    def tile(start, stop):  # always `size` rows (the last tile padded): one compiled shape
+        rows = np.arange(start - w, start + size + w)
         inside_rows = (rows >= 0) & (rows < n)
         r = np.clip(rows, 0, n - 1)
         cols = r[:, None] + np.arange(n_diags)[None, :]
@@ -283,7 +285,7 @@ def call_dots(
             jnp.asarray(e_bal, jnp.float32),
             jnp.asarray(bad),
         )
-        core = slice(w, w + stop - start)
+        core = slice(w, w + size)
         with np.errstate(divide="ignore", invalid="ignore"):
             e_raw = np.where(bad, np.nan, e_bal / (wi * wj))[core]
         factor = np.asarray(local.factor, dtype=np.float64)
@@ -291,6 +293,7 @@ def call_dots(
         d = np.arange(n_diags)[None, :]
         ok = (
             ~bad[core]
+            & (np.arange(size) < stop - start)[:, None]
             & (d >= 1)
             & (d < max_distance_bins)
             & np.all(np.asarray(local.n_nans) == 0, axis=0)
@@ -303,7 +306,7 @@ def call_dots(
 
     # pass 1: histograms of observed counts per lambda bin, per kernel
     hist = np.zeros((len(names), len(edges) - 1, 1), dtype=np.int64)
-    for start, stop in _tiles(n, tile_rows):
+    for start, stop in _tiles(n, size):
         _, _, obs, lams = tile(start, stop)
         if obs.size and obs.max() >= hist.shape[2]:
             hist = np.pad(hist, ((0, 0), (0, 0), (0, obs.max() + 1 - hist.shape[2])))
@@ -316,7 +319,7 @@ def call_dots(
     )
     # pass 2: pixels over every kernel's threshold
     found = []
-    for start, stop in _tiles(n, tile_rows):
+    for start, stop in _tiles(n, size):
         b1, b2, obs, lams = tile(start, stop)
         lbins = [np.searchsorted(edges, lams[k], side="left") - 1 for k in range(len(names))]
         keep = np.all([obs >= thresholds[k][lbins[k]] for k in range(len(names))], axis=0)

@@ -13,6 +13,7 @@ import time
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import jax
 import numpy as np
@@ -23,11 +24,9 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from diffomics.core._errors import ConfigError, MissingKeyError, ShapeError
-from diffomics.operators._multiomics_vae import (
-    DifferentiableMultiOmicsVAE,
-    MultiOmicsVAEConfig,
-    gradnorm_step,
-)
+
+if TYPE_CHECKING:
+    from diffomics.operators._multiomics_vae import DifferentiableMultiOmicsVAE
 
 __all__ = ["IntegrationModel", "integrate"]
 
@@ -162,6 +161,11 @@ class IntegrationModel:
     @classmethod
     def load(cls, path: str | os.PathLike, data=None, *, join: str = "inner") -> IntegrationModel:
         """Rebuild a model saved by `save`; `data` (MuData / dict of AnnData) to embed."""
+        from diffomics.operators._multiomics_vae import (  # noqa: PLC0415 - import cycle
+            DifferentiableMultiOmicsVAE,
+            MultiOmicsVAEConfig,
+        )
+
         path = Path(path)
         config = MultiOmicsVAEConfig(**json.loads((path / "config.json").read_text()))
         module = DifferentiableMultiOmicsVAE(config, rngs=nnx.Rngs(0))
@@ -256,6 +260,12 @@ def integrate(
       NonFiniteError: NaN or inf.
       ConfigError: a bad argument.
     """
+    from diffomics.operators._multiomics_vae import (  # noqa: PLC0415 - import cycle
+        DifferentiableMultiOmicsVAE,
+        MultiOmicsVAEConfig,
+        gradnorm_step,
+    )
+
     if join not in ("inner", "outer"):
         msg = f"join must be 'inner' or 'outer'; found {join!r}."
         raise ConfigError(msg)
