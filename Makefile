@@ -6,7 +6,7 @@ DIFFBIO_VENV := .venv-diffbio
 PY312 ?= $(shell pyenv root 2>/dev/null)/versions/3.12.1/bin/python
 THREADS ?= 2
 
-.PHONY: demo test lint bench bench-deconv bench-svg bench-hic bench-env clean
+.PHONY: demo test lint bench bench-deconv bench-svg bench-hic bench-integration bench-env clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -48,7 +48,11 @@ bench-svg: bench-env
 bench-hic: $(BENCH_VENV)/.installed
 	$(BENCH_VENV)/bin/python benchmarks/hic.py --threads $(THREADS)
 
-bench: bench-deconv bench-svg bench-hic
+bench-integration: bench-env
+	$(BENCH_VENV)/bin/python benchmarks/integration.py --threads $(THREADS) \
+		--diffbio-python $(DIFFBIO_VENV)/bin/python
+
+bench: bench-deconv bench-svg bench-hic bench-integration
 
 clean:
 	rm -rf demo_out .pytest_cache .ruff_cache

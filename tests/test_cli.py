@@ -31,6 +31,9 @@ def test_demo_writes_its_outputs(tmp_path, capsys):
     bed = pd.read_csv(out / "gm12878_chr20.boundaries.bed", sep="\t", header=None)
     assert len(bed) > 100
     assert (out / "gm12878_chr20.tracks.png").stat().st_size > 10_000
+    assert "FOSCTTM" in printed and (out / "snareseq_latent.png").stat().st_size > 10_000
+    latent = pd.read_csv(out / "snareseq_latent.tsv", sep="\t", index_col=0)
+    assert latent.shape == (1047, 11)
 
 
 def test_deconvolve_command(tmp_path, capsys):

@@ -7,9 +7,10 @@ memory is that step's. A map is described by a `spec` dict (``name``, ``path`` o
 ``max_loci_separation``, ``n_eigs``).
 
 Each step runs twice on the same input: the first call includes JAX's or numba's compilation,
-the second is steady. A cooltools step that takes a process pool (``nproc`` / ``map``) runs a
-third time with ``threads`` worker processes; the first two use one process, so the peak
-memory is that of a single process doing the whole step. What a call does:
+the second is steady. The cooltools expected, eigs, insulation and dots run a third time with
+a pool of ``threads`` worker processes (their ``nproc`` / ``map``); the first two calls use one
+process, so the peak memory is that of a single process doing the whole step. What a call
+does:
 
 - diffomics balance: ``ice_balance(read_cool(path, chrom))`` per chromosome.
 - diffomics expected / eigs / insulation / dots: ``analyze(path, region=chrom,
@@ -256,7 +257,7 @@ def _cooltools(step: str, spec: dict, folder: Path, limit: float, threads: int) 
             table, timing = _calls(lambda: run(1), limit, lambda: run(threads))
             table.to_csv(folder / "insulation.tsv", sep="\t", index=False)
         elif step == "dots":
-            expected = cooltools.expected_cis(clr, view_df=view, **EXPECTED_KW)
+            expected = cooltools.expected_cis(clr, view_df=view, nproc=1, **EXPECTED_KW)
             run = lambda nproc: cooltools.dots(  # noqa: E731
                 clr,
                 expected=expected,
@@ -275,9 +276,7 @@ def _cooltools(step: str, spec: dict, folder: Path, limit: float, threads: int) 
     return {**timing, "info": info}
 
 
-def run_step(
-    tool: str, step: str, spec: dict, folder: Path, *, threads: int, limit: float
-) -> dict:
+def run_step(tool: str, step: str, spec: dict, folder: Path, *, threads: int, limit: float) -> dict:
     """Run `step` of `tool` on the map `spec`; write outputs and timings under `folder`.
 
     Args:

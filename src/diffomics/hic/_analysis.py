@@ -6,9 +6,11 @@ Balance, expected, compartments, insulation and boundaries, dots.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import warnings
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
@@ -31,8 +33,17 @@ def _bucket(n: int) -> int:
 
     Maps of similar sizes then share one compiled program, chromosome after chromosome.
     """
-    step = max(1, (1 << max(int(n - 1).bit_length(), 3)) // 8)
+    step = 1 << max(int(n).bit_length() - 4, 0)  # 1/8 of the largest power of two <= n
     return -(-n // step) * step
+
+
+_ice_jit = jax.jit(ice, static_argnames=("ignore_diags", "max_iter", "tol", "differentiable"))
+
+
+@functools.partial(jax.jit, static_argnames=("n_eigs", "ignore_diags", "n_bins"))
+def _cis_eigs_jit(matrix, valid, *, n_eigs, ignore_diags, n_bins):
+    return cis_eigs(matrix, valid, n_eigs=n_eigs, ignore_diags=ignore_diags, solver="lobpcg",
+                    n_bins=n_bins)  # fmt: skip
 
 
 def _padded_pixels(cmap: ContactMap, n_bins: int):
@@ -136,8 +147,8 @@ def ice_balance(
         raise CountsError(msg)
     n_pad = _bucket(cmap.n_bins)
     b1, b2, counts = _padded_pixels(cmap, n_pad)
-    res = ice(b1, b2, counts, np.r_[valid, np.zeros(n_pad - cmap.n_bins, bool)],
-              ignore_diags=ignore_diags, max_iter=max_iter, tol=tol)  # fmt: skip
+    res = _ice_jit(b1, b2, counts, np.r_[valid, np.zeros(n_pad - cmap.n_bins, bool)],
+                   ignore_diags=ignore_diags, max_iter=max_iter, tol=tol)  # fmt: skip
     weights = np.where(valid, np.asarray(res.weights, dtype=np.float64)[: cmap.n_bins], np.nan)
     report = {
         "filtered_bins": report,
@@ -345,9 +356,9 @@ def analyze(
         nc, nc_pad = coarse.n_bins, _bucket(coarse.n_bins)
         dense = np.zeros((nc_pad, nc_pad), np.float32)
         dense[:nc, :nc] = coarse.dense(coarse.count * cw0[coarse.bin1] * cw0[coarse.bin2])
-        eig = cis_eigs(jnp.asarray(dense), jnp.asarray(np.r_[cvalid, np.zeros(nc_pad - nc, bool)]),
-                       n_eigs=n_eigs, ignore_diags=ignore_diags, solver="lobpcg",
-                       n_bins=nc)  # fmt: skip
+        padded_valid = np.r_[cvalid, np.zeros(nc_pad - nc, bool)]
+        eig = _cis_eigs_jit(jnp.asarray(dense), jnp.asarray(padded_valid), n_eigs=n_eigs,
+                            ignore_diags=ignore_diags, n_bins=nc)  # fmt: skip
         vecs = np.asarray(eig.eigvecs, dtype=np.float64)[:, :nc]
         vecs = np.where(cvalid[None, :], vecs, np.nan)
         if phasing_track is not None:

@@ -121,11 +121,22 @@ class IntegrationModel:
                  for chunk in self._chunks(data or self.data)]  # fmt: skip
         return np.concatenate(parts)
 
-    def impute(self, target: str, from_: list[str], data: dict | None = None) -> np.ndarray:
+    def impute(
+        self, target: str, from_: list[str], data: dict | None = None, *, library="median"
+    ) -> np.ndarray:
         """Expected `target` values decoded from the latent of the `from_` modalities.
 
-        Count likelihoods are scaled to each cell's observed library size of `target` when
-        it was measured, and to the median library size otherwise.
+        Args:
+          target: modality to predict.
+          from_: modalities the latent is computed from.
+          data: inputs (default: the training inputs).
+          library: size factor of count likelihoods: ``"median"`` (the median observed
+            total of `target`, the same for every cell: a cross-modal prediction),
+            ``"observed"`` (each cell's own observed total where measured: uses the
+            target, so only for denoising), or a number.
+
+        Returns:
+          `(n_cells, n_features)` expected values, in the input's units.
         """
         if target not in self.names:
             msg = f"unknown target {target!r}; the model has {self.names}."
@@ -134,9 +145,19 @@ class IntegrationModel:
         m = self.names.index(target)
         z = self.latent(from_, data)
         x = np.asarray(data[f"{target}_counts"], dtype=np.float32)
-        lib = np.maximum(x.sum(1), 1.0)
+        observed = np.maximum(x.sum(1), 1.0)
         mask = np.asarray(data.get(f"{target}_mask", np.ones(len(x))), bool)
-        lib = np.where(mask, lib, np.median(lib[mask]) if mask.any() else 1.0).astype(np.float32)
+        median = np.median(observed[mask]) if mask.any() else 1.0
+        if library == "median":
+            lib = np.full(len(x), median)
+        elif library == "observed":
+            lib = np.where(mask, observed, median)
+        elif isinstance(library, int | float) and library > 0:
+            lib = np.full(len(x), float(library))
+        else:
+            msg = f"library must be 'median', 'observed' or a number > 0; found {library!r}."
+            raise ConfigError(msg)
+        lib = lib.astype(np.float32)
         c = self.module.config
         batch = (jax.nn.one_hot(np.asarray(data["batch"]), c.n_batches) if c.n_batches
                  else np.zeros((len(x), 0), np.float32))  # fmt: skip
