@@ -166,8 +166,9 @@ def test_learnable_weights_stay_balanced_and_gradnorm_runs():
     before = np.asarray(g.modality_weights())
     terms = g.terms(data)
     initial = -(terms["log_likelihood"].sum(1) / terms["mask"].sum(1))
+    step = nnx.jit(gradnorm_step)
     for _ in range(5):
-        gradnorm_step(g, data, initial)
+        step(g, data, initial)
     after = np.asarray(g.modality_weights())
     assert not np.allclose(before, after) and abs(after.sum() - 2) < 1e-5
 
@@ -255,10 +256,10 @@ def test_mosaic_cells_train_and_embed():
     data["atac"] = data["atac"][200:].copy()  # the first 200 cells have RNA only
     with pytest.warns(UserWarning, match="join='outer'"):
         inner = integrate(data, likelihoods={"rna": "gaussian", "atac": "gaussian"},
-                          max_epochs=2, progress=False)  # fmt: skip
+                          max_epochs=1, progress=False)  # fmt: skip
     assert inner.report["n_cells"] == 847
     model = integrate(data, likelihoods={"rna": "gaussian", "atac": "gaussian"}, join="outer",
-                      max_epochs=30, progress=False)  # fmt: skip
+                      max_epochs=20, progress=False)  # fmt: skip
     assert model.report["cells_without_atac"] == 200
     z = model.latent()
     labels = data["rna"].obs["cell_line"].to_numpy()
