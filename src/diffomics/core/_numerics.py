@@ -6,7 +6,20 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
-__all__ = ["safe_eigh"]
+__all__ = ["float_dtype", "safe_eigh"]
+
+
+def float_dtype(x) -> jnp.dtype:
+    """The floating dtype to compute `x` in.
+
+    Its own if floating (float64 only under ``jax_enable_x64``), else float32.
+
+    Examples:
+      >>> import numpy as np
+      >>> float_dtype(np.arange(3)), float_dtype(np.ones(3, np.float32))
+      (dtype('float32'), dtype('float32'))
+    """
+    return jnp.result_type(x, jnp.float32)
 
 #: Relative broadening of eigenvalue gaps in the backward pass of `safe_eigh`.
 _EIGH_BROADENING = 1e-5
@@ -40,7 +53,8 @@ def safe_eigh(a: Array) -> tuple[Array, Array]:
       >>> g.tolist()  # d tr(A^2) / dA = 2 A, finite despite the triple eigenvalue
       [[2.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 2.0]]
     """
-    return jnp.linalg.eigh(a)
+    w, v = jnp.linalg.eigh(a)
+    return w, v  # a plain tuple, as the forward rule returns (not eigh's EighResult)
 
 
 def _safe_eigh_fwd(a):

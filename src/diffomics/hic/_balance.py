@@ -9,6 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
+from diffomics.core._numerics import float_dtype
+
 __all__ = ["IceResult", "ice", "ice_filters", "marginals"]
 
 
@@ -172,7 +174,7 @@ def ice(
     bin1, bin2 = jnp.asarray(bin1), jnp.asarray(bin2)
     valid = jnp.asarray(valid, bool)
     n_bins = valid.shape[0]
-    counts = jnp.asarray(counts, jnp.float32)
+    counts = jnp.asarray(counts, float_dtype(counts))
     c = jnp.where(bin2 - bin1 >= ignore_diags, counts, 0.0)
 
     def step(bias):
@@ -183,7 +185,7 @@ def ice(
         var = jnp.sum(jnp.where(nz, (rel - 1.0) ** 2, 0.0)) / jnp.maximum(jnp.sum(nz), 1)
         return bias / rel, var, mean
 
-    bias0 = valid.astype(jnp.float32)
+    bias0 = valid.astype(counts.dtype)
     if differentiable:
 
         def body(carry, _):
@@ -199,7 +201,8 @@ def ice(
             )
             return carry, None
 
-        init = (bias0, jnp.inf, jnp.float32(1.0), jnp.int32(0), jnp.zeros((), bool))
+        one = jnp.ones((), counts.dtype)
+        init = (bias0, jnp.inf * one, one, jnp.int32(0), jnp.zeros((), bool))
         (bias, var, mean, it, _), _ = jax.lax.scan(body, init, None, length=max_iter)
     else:
 
@@ -212,7 +215,8 @@ def ice(
             bias, var, mean = step(bias)
             return bias, var, mean, it + 1
 
-        init = (bias0, jnp.float32(jnp.inf), jnp.float32(1.0), jnp.int32(0))
+        one = jnp.ones((), counts.dtype)
+        init = (bias0, jnp.inf * one, one, jnp.int32(0))
         bias, var, mean, it = jax.lax.while_loop(cond, body, init)
     weights = bias / jnp.sqrt(mean)
     return IceResult(weights, var, it, var < tol)

@@ -12,7 +12,7 @@ from jax import Array
 from jax.experimental.sparse.linalg import lobpcg_standard
 
 from diffomics.core._errors import ConfigError
-from diffomics.core._numerics import safe_eigh
+from diffomics.core._numerics import float_dtype, safe_eigh
 
 __all__ = [
     "Eigs",
@@ -75,7 +75,7 @@ def observed_over_expected(
     n = matrix.shape[0]
     groups = distance_groups(n if n_bins is None else n_bins, ratio)
     groups = np.r_[groups, np.full(max(0, n - groups.size), groups[-1])]
-    a = jnp.nan_to_num(jnp.asarray(matrix, jnp.float32), nan=0.0, posinf=0.0)
+    a = jnp.nan_to_num(jnp.asarray(matrix, float_dtype(matrix)), nan=0.0, posinf=0.0)
     idx = jnp.arange(n)
     dist = jnp.abs(idx[:, None] - idx[None, :])  # in-graph: no n x n constant to fold
     a = jnp.where(dist < ignore_diags, 1.0, a)
@@ -83,7 +83,7 @@ def observed_over_expected(
     pair = valid[:, None] & valid[None, :]
     n_groups = int(groups.max()) + 1
     sums = jax.ops.segment_sum(jnp.where(pair, a, 0.0).ravel(), group.ravel(), n_groups)
-    counts = jax.ops.segment_sum(pair.astype(jnp.float32).ravel(), group.ravel(), n_groups)
+    counts = jax.ops.segment_sum(pair.astype(a.dtype).ravel(), group.ravel(), n_groups)
     mean = sums / jnp.maximum(counts, 1.0)
     expected = mean[group]
     return jnp.where(pair & (expected > 0), a / jnp.where(expected > 0, expected, 1.0), a)
@@ -162,7 +162,7 @@ def compartment_eigs(
     pair = valid[:, None] & valid[None, :]
     if clip_percentile is not None and clip_percentile < 100:
         top = _percentile(oe, pair, clip_percentile)
-        oe = jnp.clip(oe, 0.0, jax.lax.stop_gradient(top))
+        oe = jnp.clip(oe, 0.0, top)
     m = jnp.where(pair, oe - 1.0, 0.0)
     if correlation:
         w = valid.astype(m.dtype)

@@ -20,6 +20,7 @@ import scipy.stats
 from jax import Array
 
 from diffomics.core._errors import ConfigError
+from diffomics.core._numerics import float_dtype
 
 __all__ = [
     "KERNEL_NAMES",
@@ -130,20 +131,19 @@ def local_expected(
     Returns:
       A `LocalExpected` for the `n_rows` central rows and all `n_diags` diagonals.
     """
-    stack = np.stack([_sheared(k) for k in kernels.values()]).astype(np.float32)
+    dtype = jnp.result_type(float_dtype(observed), float_dtype(expected))
+    stack = np.stack([_sheared(k) for k in kernels.values()])
     w = stack.shape[1] // 2
-    rhs = jnp.asarray(stack)[:, None]  # (K, 1, 2w + 1, 4w + 1)
+    rhs = jnp.asarray(stack, dtype)[:, None]  # (K, 1, 2w + 1, 4w + 1)
 
     def conv(x, pad_value):
-        x = jnp.pad(x, ((0, 0), (2 * w, 2 * w)), constant_values=pad_value)
-        out = jax.lax.conv_general_dilated(
-            x[None, None].astype(jnp.float32), rhs, (1, 1), "VALID"
-        )
+        x = jnp.pad(jnp.asarray(x, dtype), ((0, 0), (2 * w, 2 * w)), constant_values=pad_value)
+        out = jax.lax.conv_general_dilated(x[None, None], rhs, (1, 1), "VALID")
         return out[0]
 
     ko = conv(observed, 0.0)
     ke = conv(expected, 0.0)
-    nn = conv(invalid.astype(jnp.float32), 1.0)
+    nn = conv(invalid, 1.0)
     defined = ke > 0
     factor = jnp.where(defined, ko / jnp.where(defined, ke, 1.0), jnp.nan)  # gradient-safe
     return LocalExpected(factor, jnp.round(nn))

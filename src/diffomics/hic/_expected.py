@@ -8,6 +8,8 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
+from diffomics.core._numerics import float_dtype
+
 __all__ = ["Expected", "expected_cis", "valid_pixel_counts"]
 
 
@@ -85,14 +87,15 @@ def expected_cis(
       >>> e.balanced_avg.tolist()[1:]
       [2.6666667461395264, 3.5, 0.0]
     """
-    weights = jnp.nan_to_num(jnp.asarray(weights, jnp.float32))
+    dtype = jnp.result_type(float_dtype(weights), float_dtype(counts))
+    weights = jnp.nan_to_num(jnp.asarray(weights, dtype))
     n_bins = weights.shape[0]
     n_diags = n_bins if n_diags is None else n_diags
     bin1, bin2 = jnp.asarray(bin1), jnp.asarray(bin2)
     d = bin2 - bin1
     w1, w2 = weights[bin1], weights[bin2]
     ok = (w1 > 0) & (w2 > 0)
-    counts = jnp.asarray(counts, jnp.float32)
+    counts = jnp.asarray(counts, dtype)
     count_sum = jax.ops.segment_sum(jnp.where(ok, counts, 0.0), d, n_diags)
     balanced_sum = jax.ops.segment_sum(counts * w1 * w2, d, n_diags)
     n_valid = valid_pixel_counts(weights > 0, n_diags)

@@ -13,6 +13,7 @@ from flax import nnx
 
 from diffomics.core._checks import check_finite, check_positive, is_traced
 from diffomics.core._errors import ConfigError, CountsError, ShapeError
+from diffomics.core._numerics import float_dtype
 from diffomics.core._operator import Operator, OperatorConfig
 from diffomics.hic._balance import ice, marginals
 from diffomics.hic._band import band_from_dense, band_mask, dense_from_band
@@ -210,7 +211,7 @@ class HiCContactAnalysis(Operator):
         c = self.config
         x = data[K.CONTACT_MATRIX]
         self._check(x)
-        x = jnp.asarray(x, jnp.float32)
+        x = jnp.asarray(x, float_dtype(x))
         n = x.shape[0]
         iu, ju = np.triu_indices(n)
         counts = x[iu, ju]
@@ -220,16 +221,16 @@ class HiCContactAnalysis(Operator):
             weights = ice(iu, ju, counts, valid, ignore_diags=c.ignore_diags,
                           max_iter=c.ice_iterations, differentiable=True).weights  # fmt: skip
         else:
-            weights = valid.astype(jnp.float32)
+            weights = valid.astype(x.dtype)
         balanced = x * weights[:, None] * weights[None, :]
 
         empirical = expected_cis(iu, ju, counts, weights, ignore_diags=c.ignore_diags)
         mean = empirical.balanced_avg
         known = jnp.isfinite(mean) & (mean > 0)
         log_expected = jnp.log(jnp.where(known, mean, 1.0))
-        penalty = jnp.float32(0.0)
+        penalty = jnp.zeros((), x.dtype)
         if self.decay is not None:
-            g = self.decay(jnp.log1p(jnp.arange(n, dtype=jnp.float32))[:, None] / 10.0)[:, 0]
+            g = self.decay(jnp.log1p(jnp.arange(n, dtype=x.dtype))[:, None] / 10.0)[:, 0]
             log_expected = log_expected + g
             penalty = jnp.sum(jnp.where(known, g**2, 0.0)) / jnp.maximum(jnp.sum(known), 1)
         expected = jnp.where(known, jnp.exp(log_expected), jnp.nan)
@@ -271,7 +272,7 @@ class HiCContactAnalysis(Operator):
         v = eig.eigvecs[0]
         v = v / jnp.maximum(jnp.linalg.norm(v), 1e-12)
         if track is not None:
-            t = jnp.asarray(track, jnp.float32)
+            t = jnp.asarray(track, v.dtype)
             if t.shape != v.shape:
                 msg = f"phasing_track must have shape {v.shape}; found {t.shape}."
                 raise ShapeError(msg)
@@ -280,7 +281,7 @@ class HiCContactAnalysis(Operator):
         else:
             sign = jnp.sign(v[jnp.argmax(jnp.abs(v))])
         sign = jax.lax.stop_gradient(jnp.where(sign == 0, 1.0, sign))
-        scaled = sign * v * jnp.sqrt(jnp.sum(valid).astype(jnp.float32)) / c.temperature
+        scaled = sign * v * jnp.sqrt(jnp.sum(valid).astype(v.dtype)) / c.temperature
         return jnp.where(valid, jnp.tanh(scaled), 0.0)
 
     def _loop_scores(self, balanced, log_expected, known, valid):
