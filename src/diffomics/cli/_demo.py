@@ -68,7 +68,8 @@ def demo_deconvolution(out: Path, *, spot_size: float, seed: int) -> Section:
         atomic(out / "metrics.json", lambda p: p.write_text(json.dumps(metrics, indent=2)))
     )
     table = pd.DataFrame(metrics).T.rename(
-        columns={"rmse": "RMSE", "jsd": "JSD", "pearson_type": "Pearson per type"}
+        columns={"rmse": "RMSE", "jsd": "JSD", "pearson_spot": "Pearson per spot",
+                 "pearson_type": "Pearson per type", "n_types_scored": "types scored"}
     )
     ours = metrics["diffomics"]
     summary = (

@@ -1,0 +1,61 @@
+"""Fault injection: a command killed while it writes leaves no truncated output, and a re-run
+gives the same result as an uninterrupted run."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+from diffomics.cli import main
+from tests.spatial.simulate import simulate
+
+
+def _outputs(folder):
+    """The visible files of `folder` (temporary files are hidden dot files)."""
+    return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+
+
+def test_killed_run_leaves_no_truncated_file_and_reruns_identically(tmp_path):
+    spatial, reference = simulate(n_spots=60, n_genes=40, seed=3)
+    spatial.write_h5ad(tmp_path / "spots.h5ad")
+    reference.write_h5ad(tmp_path / "ref.h5ad")
+    args = ["deconvolve", str(tmp_path / "spots.h5ad"), str(tmp_path / "ref.h5ad"),
+            "--labels", "cell_type", "--likelihood", "poisson"]  # fmt: skip
+    clean = tmp_path / "clean"
+    assert main([*args, "--out", str(clean)]) == 0
+    expected = _outputs(clean)
+
+    killed = tmp_path / "killed"
+    code = "import sys; from diffomics.cli import main; sys.exit(main(sys.argv[1:]))"
+    proc = subprocess.Popen([sys.executable, "-c", code, *args, "--out", str(killed)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline:
+        if killed.is_dir() and any(killed.iterdir()):  # the first write has begun
+            os.kill(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.005)
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    partial = _outputs(killed) if killed.is_dir() else []
+    assert set(partial) < set(expected)  # killed mid-way: some outputs are missing ...
+    for name in partial:  # ... and those present are complete
+        if name.endswith(".h5ad"):
+            ad.read_h5ad(killed / name)
+        else:
+            assert (killed / name).read_bytes() == (clean / name).read_bytes(), name
+
+    assert main([*args, "--out", str(killed)]) == 0  # re-run into the same folder
+    assert _outputs(killed) == expected
+    again = pd.read_csv(killed / "spots.deconvolved.proportions.tsv", sep="\t", index_col=0)
+    first = pd.read_csv(clean / "spots.deconvolved.proportions.tsv", sep="\t", index_col=0)
+    pd.testing.assert_frame_equal(again, first, check_exact=True)
+    np.testing.assert_array_equal(
+        ad.read_h5ad(killed / "spots.deconvolved.h5ad").obsm["proportions"],
+        ad.read_h5ad(clean / "spots.deconvolved.h5ad").obsm["proportions"],
+    )
