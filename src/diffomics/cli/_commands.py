@@ -279,7 +279,8 @@ def run_hic(args: argparse.Namespace) -> Section:
     cmap = read_cool(args.map, args.region)
     track = read_track(args.phasing_track, cmap.bins) if args.phasing_track else None
     windows = tuple(int(w) for w in args.windows.split(",")) if args.windows else None
-    result = analyze(cmap, windows=windows, phasing_track=track, loops=not args.no_loops)
+    result = analyze(cmap, windows=windows, phasing_track=track, loops=not args.no_loops,
+                     progress=None)
     stem = Path(args.map.split("::")[0]).stem + "." + str(cmap.bins["chrom"].iloc[0])
     written, figures = hic_outputs(result, Path(args.out), stem)
     print(hic_summary(result))

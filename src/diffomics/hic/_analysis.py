@@ -8,12 +8,14 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import sys
 import warnings
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
+from tqdm.auto import tqdm
 
 from diffomics.core._checks import check_choice
 from diffomics.core._errors import ConfigError, CountsError, ShapeError
@@ -208,6 +210,7 @@ def analyze(
     kernel_size: tuple[int, int] | None = None,
     lambda_bin_fdr: float = 0.1,
     clustering_radius: int = 20_000,
+    progress: bool | None = None,
 ) -> HiCResult:
     """Analyse one chromosome (or region) of a Hi-C map as cooltools does.
 
@@ -241,6 +244,7 @@ def analyze(
       kernel_size: HiCCUPS ``(w, p)``; default from the resolution.
       lambda_bin_fdr: FDR within lambda bins.
       clustering_radius: bp.
+      progress: a progress bar over the steps (None: only on a terminal).
 
     Returns:
       A `HiCResult`.
@@ -263,6 +267,9 @@ def analyze(
     if not isinstance(boundary_threshold, int | float):
         check_choice(boundary_threshold, "boundary_threshold", ["Li"])
     report: dict = {"source": cmap.source, "n_bins": n, "resolution": res, "nnz": cmap.bin1.size}
+    show = sys.stderr.isatty() if progress is None else progress
+    steps = tqdm(total=5, desc=f"hic {cmap.bins['chrom'].iloc[0]}", unit="step", disable=not show)
+    steps.set_postfix_str("balance")
 
     if balance is True:
         weights, info = ice_balance(cmap, ignore_diags=ignore_diags)
@@ -283,6 +290,8 @@ def analyze(
     valid = np.isfinite(weights) & (weights > 0)
     w0 = np.where(valid, weights, 0.0)
 
+    steps.update()
+    steps.set_postfix_str("expected")
     n_pad = _bucket(n)
     b1, b2, counts = _padded_pixels(cmap, n_pad)
     exp = expected_cis(b1, b2, counts, np.r_[w0, np.zeros(n_pad - n)], n_diags=n_pad,
@@ -315,6 +324,8 @@ def analyze(
     idx = jnp.minimum(jnp.arange(n_pad)[:, None] + jnp.arange(n_diags)[None, :], n_pad - 1)
     balanced_band = counts_band * wj[:, None] * wj[idx]
 
+    steps.update()
+    steps.set_postfix_str("insulation")
     table = cmap.bins[["chrom", "start", "end"]].copy()
     table["region"] = chrom
     table["is_bad_bin"] = ~valid
@@ -342,6 +353,8 @@ def analyze(
             )
         )
 
+    steps.update()
+    steps.set_postfix_str("compartments")
     compartments = eigvals = comp_res = None
     if n_eigs:
         factor = -(-n // compartment_max_bins)
@@ -371,6 +384,8 @@ def analyze(
         eigvals = pd.DataFrame({"region": [chrom], **values})
         comp_res = coarse.resolution
 
+    steps.update()
+    steps.set_postfix_str("dots")
     dots = None
     if do_loops:
         found = call_dots(
@@ -392,6 +407,8 @@ def analyze(
         )  # fmt: skip
         dots = pd.concat([coords, found.reset_index(drop=True)], axis=1)
         report["n_loops"] = len(dots)
+    steps.update()
+    steps.close()
 
     return HiCResult(
         map=cmap,
