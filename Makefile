@@ -6,12 +6,12 @@ DIFFBIO_VENV := .venv-diffbio
 PY312 ?= $(shell pyenv root 2>/dev/null)/versions/3.12.1/bin/python
 THREADS ?= 2
 
-.PHONY: demo test lint bench bench-deconv bench-svg bench-hic bench-integration bench-env clean
+.PHONY: demo test docs lint bench bench-deconv bench-svg bench-hic bench-integration bench-chromatin bench-env clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(VENV)/bin/python -m pip install --quiet -e '.[test]'
+	$(VENV)/bin/python -m pip install --quiet -e '.[test,docs]'
 	touch $@
 
 demo: $(VENV)/.installed
@@ -20,6 +20,10 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(VENV)/bin/python -m ruff check src tests benchmarks
 	$(VENV)/bin/python -m pytest
+
+# The user guide (docs/, mkdocs.yml) into site/; strict: any warning fails, nothing is fetched.
+docs: $(VENV)/.installed
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/python -m mkdocs build --strict
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/python -m ruff check src tests benchmarks
@@ -52,7 +56,10 @@ bench-integration: bench-env
 	$(BENCH_VENV)/bin/python benchmarks/integration.py --threads $(THREADS) \
 		--diffbio-python $(DIFFBIO_VENV)/bin/python
 
-bench: bench-deconv bench-svg bench-hic bench-integration
+bench-chromatin: $(BENCH_VENV)/.installed
+	$(BENCH_VENV)/bin/python benchmarks/chromatin_states.py --threads $(THREADS)
+
+bench: bench-deconv bench-svg bench-hic bench-integration bench-chromatin
 
 clean:
 	rm -rf demo_out .pytest_cache .ruff_cache

@@ -16,6 +16,8 @@ PUBLIC = [
     "diffomics.integration",
     "diffomics.operators",
     "diffomics.operators.multiomics",
+    "diffomics.operators.epigenomics",
+    "diffomics.epigenomics",
     "diffomics.sources",
     "diffomics.datasets",
     "diffomics.plotting",

@@ -1,7 +1,12 @@
 """Operators: Flax NNX modules with the ``apply(data, state, metadata)`` contract."""
 
+from diffomics.operators._keys import CHROMATIN_STATE_KEYS as CHROMATIN_STATE_KEYS
 from diffomics.operators._keys import DECONVOLUTION_KEYS as DECONVOLUTION_KEYS
 from diffomics.operators._keys import SPATIAL_GENE_KEYS as SPATIAL_GENE_KEYS
+from diffomics.operators.epigenomics import ChromatinStateAnnotator as ChromatinStateAnnotator
+from diffomics.operators.epigenomics import (
+    ChromatinStateAnnotatorConfig as ChromatinStateAnnotatorConfig,
+)
 from diffomics.operators.multiomics import (
     DifferentiableSpatialGeneDetector as DifferentiableSpatialGeneDetector,
 )
@@ -14,8 +19,11 @@ from diffomics.operators.multiomics import (
 )
 
 __all__ = [
+    "CHROMATIN_STATE_KEYS",
     "DECONVOLUTION_KEYS",
     "SPATIAL_GENE_KEYS",
+    "ChromatinStateAnnotator",
+    "ChromatinStateAnnotatorConfig",
     "DifferentiableSpatialGeneDetector",
     "SpatialDeconvolution",
     "SpatialDeconvolutionConfig",

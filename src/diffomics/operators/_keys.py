@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-__all__ = ["DECONVOLUTION_KEYS", "HIC_KEYS", "SPATIAL_GENE_KEYS"]
+__all__ = ["CHROMATIN_STATE_KEYS", "DECONVOLUTION_KEYS", "HIC_KEYS", "SPATIAL_GENE_KEYS"]
 
 
 class _DeconvolutionKeys(NamedTuple):
@@ -45,3 +45,13 @@ class _HiCKeys(NamedTuple):
 
 
 HIC_KEYS = _HiCKeys()
+
+
+class _ChromatinStateKeys(NamedTuple):
+    HISTONE_MARKS: str = "histone_marks"
+    STATE_PROBABILITIES: str = "state_probabilities"
+    VITERBI_PATH: str = "viterbi_path"
+    LOG_LIKELIHOOD: str = "log_likelihood"
+
+
+CHROMATIN_STATE_KEYS = _ChromatinStateKeys()

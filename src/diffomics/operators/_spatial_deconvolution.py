@@ -143,8 +143,8 @@ class SpatialDeconvolution(Operator):
             self.logits = nnx.Param(jnp.zeros((c.n_spots, c.n_cell_types)))
         self.log_platform_effect = nnx.Param(jnp.zeros(c.n_genes))
         self.bulk_logits = nnx.Param(jnp.zeros(c.n_cell_types))
-        self.log_background = nnx.Param(jnp.full(c.n_genes, jnp.log(0.01)))
-        self.log_theta = nnx.Param(jnp.full(c.n_genes, jnp.log(10.0)))
+        self.log_background = nnx.Param(jnp.full(c.n_genes, jnp.log(0.01), jnp.float32))
+        self.log_theta = nnx.Param(jnp.full(c.n_genes, jnp.log(10.0), jnp.float32))
 
     def _inputs(self, data: Mapping[str, Any]) -> tuple[Array, Array]:
         x = jnp.asarray(data[K.SPATIAL_EXPRESSION])
