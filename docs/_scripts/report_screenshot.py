@@ -14,6 +14,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def main() -> None:
+    """Load the demo report in headless Chromium and save the top of the page as a PNG."""
     report = ROOT / "demo_out" / "report.html"
     if not report.is_file():
         sys.exit(f"{report} is missing: run `make demo` first.")

@@ -84,10 +84,12 @@ class DifferentiableSpatialGeneDetector(Operator):
     the log total counts regressed out, as SpatialDE's pipeline does.
 
     ``smoothed_expression`` is the GP posterior mean under the shared kernel
-    ``sigma_s^2 K + sigma_e^2 I`` of standardised genes, back in the input's units, plus the
-    smoothing network's output. Train the shared kernel with `loss` (the negative marginal
-    log-likelihood per gene); every output is differentiable in the lengthscale, the
-    variances and the inputs (the eigendecomposition uses `diffomics.core.safe_eigh`).
+    ``sigma_s^2 K + sigma_e^2 I`` of standardised genes, back in the units of the tested
+    values (the input's units; with ``total_counts``, the stabilised values with the log
+    total counts regressed out), plus the smoothing network's output. Train the shared
+    kernel with `loss` (the negative marginal log-likelihood per gene); every output is
+    differentiable in the lengthscale, the variances and the inputs (the eigendecomposition
+    uses `diffomics.core.safe_eigh`).
 
     Inputs (``data`` keys):
       ``spatial_coords``: `(n_spots, 2)`, finite, at least 3 spots.
