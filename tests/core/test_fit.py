@@ -78,3 +78,18 @@ def test_non_finite_loss_raises():
 def test_bad_settings_raise(kwargs):
     with pytest.raises(ConfigError):
         fit(Point([1.0, 1.0]), rosenbrock, **kwargs)
+
+
+def test_killed_fit_resumes_from_its_checkpoint_to_the_same_numbers(tmp_path):
+    path = tmp_path / "fit.npz"
+    through = Point([2.0, -1.0])
+    ra = fit(through, rosenbrock, max_steps=400, tol=0.0, patience=100)
+    first = Point([2.0, -1.0])  # a run that stops (as if killed) after 150 of its steps
+    fit(first, rosenbrock, max_steps=150, tol=0.0, patience=100, checkpoint=path)
+    assert path.is_file() and not list(tmp_path.glob(".*"))
+    resumed = Point([2.0, -1.0])  # a new process: fresh parameters, the same checkpoint
+    rb = fit(resumed, rosenbrock, max_steps=400, tol=0.0, patience=100, checkpoint=path)
+    np.testing.assert_array_equal(rb.history, ra.history)
+    np.testing.assert_array_equal(resumed.xy[...], through.xy[...])
+    with pytest.raises(ConfigError, match="different model"):
+        fit(Point([1.0, 2.0, 3.0]), rosenbrock, checkpoint=path)

@@ -59,3 +59,33 @@ def test_killed_run_leaves_no_truncated_file_and_reruns_identically(tmp_path):
         ad.read_h5ad(killed / "spots.deconvolved.h5ad").obsm["proportions"],
         ad.read_h5ad(clean / "spots.deconvolved.h5ad").obsm["proportions"],
     )
+
+
+def test_fit_killed_by_a_signal_resumes_from_its_checkpoint(tmp_path):
+    spatial, reference = simulate(n_spots=60, n_genes=40, seed=4)
+    spatial.write_h5ad(tmp_path / "spots.h5ad")
+    reference.write_h5ad(tmp_path / "ref.h5ad")
+    args = ["deconvolve", str(tmp_path / "spots.h5ad"), str(tmp_path / "ref.h5ad"),
+            "--labels", "cell_type", "--likelihood", "poisson"]  # fmt: skip
+    assert main([*args, "--out", str(tmp_path / "through")]) == 0
+    checkpoint = tmp_path / "fit.npz"
+    resume = [*args, "--checkpoint", str(checkpoint), "--out", str(tmp_path / "resumed")]
+    code = "import sys; from diffomics.cli import main; sys.exit(main(sys.argv[1:]))"
+    proc = subprocess.Popen([sys.executable, "-c", code, *resume],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline:
+        if checkpoint.exists():  # at least one chunk of the fit is done: kill it mid-fit
+            os.kill(proc.pid, signal.SIGINT)
+            break
+        time.sleep(0.005)
+    proc.wait(timeout=60)
+    assert proc.returncode != 0 and checkpoint.exists(), "the fit ended before the signal"
+    assert not (tmp_path / "resumed").exists()  # nothing written before the fit ends
+    assert main(resume) == 0
+    name = "spots.deconvolved.proportions.tsv"
+    pd.testing.assert_frame_equal(
+        pd.read_csv(tmp_path / "resumed" / name, sep="\t", index_col=0),
+        pd.read_csv(tmp_path / "through" / name, sep="\t", index_col=0),
+        check_exact=True,
+    )

@@ -76,6 +76,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     dec.add_argument("--spatial-prior", type=float, default=_default(deconvolve, "spatial_prior"))
     dec.add_argument("--seed", type=int, default=_default(deconvolve, "seed"))
+    dec.add_argument("--checkpoint", default=None,
+                     help="NPZ file the fit saves to and resumes from (a killed run restarts "
+                     "where it stopped, with the same result)")  # fmt: skip
     _add_out(dec)
     dec.set_defaults(func=run_deconvolve)
 

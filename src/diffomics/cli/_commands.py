@@ -93,6 +93,7 @@ def run_deconvolve(args: argparse.Namespace) -> Section:
         spatial_prior=args.spatial_prior,
         seed=args.seed,
         progress=None,
+        checkpoint=args.checkpoint,
     )
     stem = Path(args.spatial).stem + ".deconvolved"
     written, figures = deconvolution_outputs(spatial, result, Path(args.out), stem)

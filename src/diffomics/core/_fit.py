@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -18,6 +21,43 @@ from diffomics.core._checks import check_positive
 from diffomics.core._errors import ConfigError
 
 __all__ = ["FitResult", "fit"]
+
+
+def _save_checkpoint(path: Path, tree, history, flat: int) -> None:
+    """Write parameters, optimiser state and loss history to `path` atomically (npz)."""
+    leaves = jax.tree_util.tree_leaves(tree)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
+    os.close(fd)
+    try:
+        arrays = {f"leaf_{i}": np.asarray(leaf) for i, leaf in enumerate(leaves)}
+        np.savez(tmp, history=np.asarray(history, np.float64), flat=flat, **arrays)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _load_checkpoint(path: Path, tree):
+    """``(tree, history, flat)`` from a checkpoint of the same structure as `tree`."""
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    with np.load(path) as stored:
+        found = sorted(k for k in stored.files if k.startswith("leaf_"))
+        shapes = [stored[f"leaf_{i}"].shape for i in range(len(found))]
+        expected = [np.shape(leaf) for leaf in leaves]
+        if shapes != expected:
+            msg = (
+                f"checkpoint {path} holds {len(shapes)} arrays of shapes {shapes[:4]}...; this "
+                f"fit has {len(expected)} of shapes {expected[:4]}...: a different model or "
+                "optimiser. Delete the file to start afresh."
+            )
+            raise ConfigError(msg)
+        restored = [
+            jax.numpy.asarray(stored[f"leaf_{i}"], dtype=np.asarray(leaf).dtype)
+            for i, leaf in enumerate(leaves)
+        ]
+        history = stored["history"].tolist()
+        flat = int(stored["flat"])
+    return jax.tree_util.tree_unflatten(treedef, restored), history, flat
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +91,7 @@ def fit(
     patience: int = 2,
     progress: bool | None = None,
     wrt: nnx.filterlib.Filter = nnx.Param,
+    checkpoint: str | os.PathLike | None = None,
 ) -> FitResult:
     """Minimise ``loss_fn(model, *args)`` over the model's parameters with Adam, in place.
 
@@ -71,6 +112,11 @@ def fit(
       progress: show a progress bar; None shows one only when stderr is a terminal.
       wrt: NNX filter of the variables to optimise (default: every `nnx.Param`); the others
         are held fixed.
+      checkpoint: an ``.npz`` path. After every chunk the parameters, the optimiser state
+        and the loss history are written there atomically; when the file exists at the
+        start, fitting resumes from it. Fitting is deterministic, so a fit that was killed
+        and resumed ends with the same numbers as one that ran through (the file is left
+        in place; delete it to start afresh).
 
     Returns:
       A `FitResult`.
@@ -104,14 +150,22 @@ def fit(
     show = sys.stderr.isatty() if progress is None else progress
     n_chunks = -(-max_steps // steps_per_check)
     history, flat, converged = [], 0, False
+    path = None if checkpoint is None else Path(checkpoint)
+    if path is not None and path.exists():
+        (params, opt_state), history, flat = _load_checkpoint(path, (params, opt_state))
+        converged = flat >= patience
     compile_seconds = fit_seconds = 0.0
-    with tqdm(total=n_chunks * steps_per_check, disable=not show, unit="step") as bar:
-        for i in range(n_chunks):
+    done = len(history) // steps_per_check
+    with tqdm(total=n_chunks * steps_per_check, initial=done * steps_per_check,
+              disable=not show, unit="step") as bar:  # fmt: skip
+        for i in range(done, n_chunks):
+            if converged:
+                break
             t0 = time.perf_counter()
             params, opt_state, losses = run_chunk(params, opt_state, *args)
             losses = np.asarray(losses)
             elapsed = time.perf_counter() - t0
-            if i == 0:
+            if i == done:
                 compile_seconds = elapsed
             else:
                 fit_seconds += elapsed
@@ -129,6 +183,8 @@ def fit(
                 improvement = (prev - losses.mean()) / max(abs(prev), 1e-12)
                 flat = flat + 1 if improvement < tol else 0
             history.extend(losses.tolist())
+            if path is not None:
+                _save_checkpoint(path, (params, opt_state), history, flat)
             if flat >= patience:
                 converged = True
                 break

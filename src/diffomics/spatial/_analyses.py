@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import warnings
 from typing import TYPE_CHECKING
 
@@ -83,6 +84,7 @@ def deconvolve(
     tol: float = 1e-5,
     seed: int = 0,
     progress: bool | None = None,
+    checkpoint: str | os.PathLike | None = None,
     key_added: str = "proportions",
 ) -> DeconvolutionResult:
     """Estimate the cell-type proportions of each spot from a labelled single-cell reference.
@@ -148,6 +150,9 @@ def deconvolve(
       tol: relative loss improvement under which fitting stops (see `diffomics.core.fit`).
       seed: seed of the parameter initialisation; the same seed gives the same numbers.
       progress: progress bar; None shows it on a terminal only.
+      checkpoint: ``.npz`` path where the spot fit saves its state after every chunk of
+        steps and resumes from when the file exists (`diffomics.core.fit`): a run killed
+        mid-fit and started again ends with the same proportions.
       key_added: where the results go in `spatial` (see Returns).
 
     Returns:
@@ -245,6 +250,7 @@ def deconvolve(
         (data, edges),
         wrt=spot_params,
         progress=progress,
+        checkpoint=checkpoint,
         **settings,
     )
     out = model.outputs(data)
