@@ -5,6 +5,8 @@ BENCH_VENV := .venv-bench
 DIFFBIO_VENV := .venv-diffbio
 PY312 ?= $(shell pyenv root 2>/dev/null)/versions/3.12.1/bin/python
 THREADS ?= 2
+# test files run in parallel, one process per CPU (CI has 2); TEST_WORKERS=0 runs in-process
+TEST_WORKERS ?= 2
 
 .PHONY: demo test docs lint bench bench-deconv bench-svg bench-hic bench-integration bench-chromatin bench-env clean
 
@@ -18,15 +20,15 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/diffomics demo --out demo_out
 
 test: $(VENV)/.installed
-	$(VENV)/bin/python -m ruff check src tests benchmarks
-	$(VENV)/bin/python -m pytest
+	$(VENV)/bin/python -m ruff check src tests benchmarks docs
+	$(VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 # The user guide (docs/, mkdocs.yml) into site/; strict: any warning fails, nothing is fetched.
 docs: $(VENV)/.installed
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/python -m mkdocs build --strict
 
 lint: $(VENV)/.installed
-	$(VENV)/bin/python -m ruff check src tests benchmarks
+	$(VENV)/bin/python -m ruff check src tests benchmarks docs
 
 # Benchmarks: peers live in their own environments, never in .venv.
 $(BENCH_VENV)/.installed: pyproject.toml benchmarks/requirements.txt
