@@ -19,7 +19,14 @@ from diffomics.core._likelihoods import (
     poisson_log_prob,
     zinb_log_prob,
 )
-from diffomics.integration import foscttm, integrate, knn_label_accuracy, product_of_experts
+from diffomics.integration import (
+    foscttm,
+    gaussian_kl,
+    integrate,
+    knn_label_accuracy,
+    product_of_experts,
+    symmetric_gaussian_kl,
+)
 from diffomics.operators.multiomics import DifferentiableMultiOmicsVAE, MultiOmicsVAEConfig
 
 
@@ -60,6 +67,25 @@ def test_one_modality_is_its_posterior_times_the_prior_and_masks_drop_experts():
     mean, logvar = product_of_experts(means, logvars, mask=jnp.zeros((2, 1)))
     np.testing.assert_allclose(mean, [[0.0]])  # no expert left: the prior
     np.testing.assert_allclose(logvar, [[0.0]], atol=1e-7)
+
+
+def test_symmetric_kl_matches_the_closed_form_of_both_directions():
+    rng = np.random.default_rng(2)
+    m1, m2 = rng.normal(size=(2, 4, 3))
+    lv1, lv2 = rng.normal(size=(2, 4, 3))
+    s1, s2 = np.exp(0.5 * lv1), np.exp(0.5 * lv2)
+
+    def kl(ma, sa, mb, sb):  # KL(N(ma, sa^2) || N(mb, sb^2)), per dimension
+        return np.log(sb / sa) + (sa**2 + (ma - mb) ** 2) / (2 * sb**2) - 0.5
+
+    want = (kl(m1, s1, m2, s2) + kl(m2, s2, m1, s1)).sum(-1)
+    got = symmetric_gaussian_kl(*(jnp.asarray(a, jnp.float32) for a in (m1, lv1, m2, lv2)))
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    zero = jnp.zeros((4, 3))
+    np.testing.assert_allclose(symmetric_gaussian_kl(jnp.asarray(m1), jnp.asarray(lv1), zero, zero),
+                               gaussian_kl(jnp.asarray(m1), jnp.asarray(lv1))
+                               + kl(0.0, 1.0, m1, s1).sum(-1), rtol=1e-5)  # fmt: skip
+    assert float(jnp.abs(symmetric_gaussian_kl(zero + 1.0, zero, zero + 1.0, zero)).max()) == 0.0
 
 
 # --- likelihoods against scipy --------------------------------------------------------------
@@ -173,6 +199,35 @@ def test_learnable_weights_stay_balanced_and_gradnorm_runs():
     assert not np.allclose(before, after) and abs(after.sum() - 2) < 1e-5
 
 
+def test_jeffreys_penalty_is_the_symmetric_kl_of_the_single_modality_posteriors():
+    data = {**_data(), "atac_mask": np.r_[np.ones(20), np.zeros(4)].astype(np.float32)}
+    with_penalty, without = _vae(seed=5), _vae(seed=5, modality_penalty="none")
+    with_penalty.eval()
+    without.eval()
+    t = with_penalty.terms(data)
+    q_rna, q_atac = with_penalty.encode(data, ["rna"]), with_penalty.encode(data, ["atac"])
+    want = np.asarray(symmetric_gaussian_kl(*q_rna, *q_atac)) * data["atac_mask"]
+    np.testing.assert_allclose(t["modality_penalty"], want, rtol=1e-5, atol=1e-6)
+    assert (want[:20] > 0).all() and (np.asarray(t["modality_penalty"])[20:] == 0).all()
+    assert "modality_penalty" not in without.terms(data)
+    # same parameters and noise: the losses differ by the mean penalty exactly
+    diff = float(with_penalty.loss(data)) - float(without.loss(data))
+    np.testing.assert_allclose(diff, want.mean(), rtol=1e-4)
+
+
+def test_kl_scale_multiplies_every_kl_term():
+    data = _data()
+    a, b = _vae(seed=6), _vae(seed=6)
+    a.eval()
+    b.eval()
+    t = _vae(seed=6)
+    t.eval()
+    terms = t.terms(data)
+    kl = terms["kl"] + sum(kl_m for _, kl_m in terms["unimodal"])
+    diff = float(a.loss(data, kl_scale=0.25)) - float(b.loss(data))
+    np.testing.assert_allclose(diff, -0.75 * float(jnp.mean(kl)), rtol=1e-4)
+
+
 @pytest.mark.parametrize(
     ("change", "error", "match"),
     [
@@ -195,6 +250,7 @@ def test_bad_inputs_are_refused(change, error, match):
         ({"use_gradnorm": True}, "use_gradnorm"),
         ({"likelihoods": ["nb", "beta"]}, "likelihoods"),
         ({"modality_names": ["rna", "rna"]}, "distinct"),
+        ({"modality_penalty": "mmd"}, "modality_penalty"),
     ],
 )
 def test_config_validation(kwargs, match):
@@ -249,6 +305,24 @@ def test_save_and_load_give_the_same_latent(snare, tmp_path):
     np.testing.assert_allclose(loaded.latent(data=model.data), model.latent(), atol=1e-5)
 
 
+def test_early_stopping_restores_the_lowest_validation_loss_and_warms_up_the_kl(snare):
+    # the snare fixture's settings: the jitted steps compiled for it are reused here
+    data = {k: v.copy() for k, v in snare[0].items()}
+    kwargs = {"likelihoods": {"rna": "gaussian", "atac": "gaussian"}, "n_epochs_kl_warmup": 4,
+              "progress": False}  # fmt: skip
+    model = integrate(data, patience=2, **kwargs)
+    h, rep = model.history, model.report
+    np.testing.assert_allclose(h["kl_scale"][:6], [0.0, 0.25, 0.5, 0.75, 1.0, 1.0])
+    best = int(h["validation_loss"].idxmin())
+    assert rep["best_epoch"] == best and rep["best_validation_loss"] == h["validation_loss"].min()
+    assert rep["stopped_early"] and rep["epochs"] == best + 3  # two epochs without a new best
+    # the same seed trained for best + 1 epochs ends on the same parameters, not the last ones
+    again = integrate(data, max_epochs=best + 1, **kwargs)
+    np.testing.assert_allclose(model.latent(), again.latent(), rtol=1e-5, atol=1e-5)
+    # an absolute min_delta larger than any change: patience runs out 3 epochs after the first
+    assert integrate(data, min_delta=1e9, patience=3, **kwargs).report["epochs"] == 4
+
+
 def test_mosaic_cells_train_and_embed():
     from diffomics.datasets import snareseq_celllines
 
@@ -264,6 +338,48 @@ def test_mosaic_cells_train_and_embed():
     z = model.latent()
     labels = data["rna"].obs["cell_line"].to_numpy()
     assert knn_label_accuracy(z, labels) > 0.85  # RNA-only cells land with their lines
+
+
+def _mods(n=80, seed=0):
+    import anndata as ad
+
+    rng = np.random.default_rng(seed)
+    group = np.repeat([0, 1], n // 2)
+    rna = rng.poisson(np.where(group[:, None] == 1, 6.0, 1.0) * np.ones(12), (n, 12))
+    atac = rng.random((n, 20)) < np.where(group[:, None] == 1, 0.6, 0.1)
+    names = [f"c{i}" for i in range(n)]
+    return {key: ad.AnnData(x.astype(np.float32), obs={"obs_names": names}).copy()
+            for key, x in (("rna", rna), ("atac", atac))}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [({"patience": 0}, "patience"), ({"min_delta": -1.0}, "min_delta"),
+     ({"learning_rate": float("nan")}, "learning_rate"),
+     ({"n_epochs_kl_warmup": 2.5}, "n_epochs_kl_warmup")],
+)  # fmt: skip
+def test_integrate_refuses_bad_training_settings(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        integrate(_mods(), progress=False, **kwargs)
+
+
+def test_accessibility_prediction_does_not_read_the_target_peaks():
+    from diffomics.integration import IntegrationModel
+
+    data = _data()
+    data["rna_counts"][1] = data["rna_counts"][0]  # cells 0 and 1: same RNA, other peaks
+    data["atac_counts"][1] = 1.0 - data["atac_counts"][0]
+    module = _vae(seed=1)
+    model = IntegrationModel(module, None, data, None, {})
+    median = model.impute("atac", ["rna"], library="median")
+    np.testing.assert_allclose(median[0], median[1], rtol=1e-6)
+    observed = model.impute("atac", ["rna"], library="observed")
+    assert not np.allclose(observed[0], observed[1])
+    half = model.impute("atac", ["rna"], library=0.5)
+    ratio = half / model.impute("atac", ["rna"], library=1.0)
+    np.testing.assert_allclose(ratio, 0.5, rtol=1e-4)
+    with pytest.raises(ConfigError, match="Bernoulli"):
+        model.impute("atac", ["rna"], library=3.0)
 
 
 def test_cells_that_do_not_match_are_refused():

@@ -8,6 +8,7 @@ from diffomics.integration._metrics import knn_label_accuracy as knn_label_accur
 from diffomics.integration._metrics import label_silhouette as label_silhouette
 from diffomics.integration._poe import gaussian_kl as gaussian_kl
 from diffomics.integration._poe import product_of_experts as product_of_experts
+from diffomics.integration._poe import symmetric_gaussian_kl as symmetric_gaussian_kl
 
 __all__ = [
     "IntegrationModel",
@@ -18,4 +19,5 @@ __all__ = [
     "knn_label_accuracy",
     "label_silhouette",
     "product_of_experts",
+    "symmetric_gaussian_kl",
 ]

@@ -25,13 +25,21 @@ from diffomics.core._likelihoods import (
     poisson_log_prob,
     zinb_log_prob,
 )
+from diffomics.core._numerics import float_dtype
 from diffomics.core._operator import Operator, OperatorConfig
-from diffomics.integration._poe import gaussian_kl, product_of_experts
+from diffomics.integration._poe import gaussian_kl, product_of_experts, symmetric_gaussian_kl
 
-__all__ = ["MODALITY_LIKELIHOODS", "DifferentiableMultiOmicsVAE", "MultiOmicsVAEConfig"]
+__all__ = [
+    "MODALITY_LIKELIHOODS",
+    "MODALITY_PENALTIES",
+    "DifferentiableMultiOmicsVAE",
+    "MultiOmicsVAEConfig",
+]
 
 #: Observation models per modality.
 MODALITY_LIKELIHOODS = ("nb", "zinb", "poisson", "bernoulli", "gaussian")
+#: Penalties on the distance between the single-modality posteriors of a cell.
+MODALITY_PENALTIES = ("jeffreys", "none")
 _COUNT_LIKELIHOODS = ("nb", "zinb", "poisson")
 _DEFAULT_LIKELIHOOD = {"rna": "nb", "atac": "bernoulli", "protein": "nb", "adt": "nb"}
 
@@ -70,6 +78,13 @@ class MultiOmicsVAEConfig(OperatorConfig):
         modality's expert alone (with the prior) reconstructing every observed modality
         (MVAE's sub-sampled objective): each expert then stands on its own, so latents from
         one modality align with the others' and cross-modal imputation works.
+      modality_penalty: ``"jeffreys"``: add, for every cell and pair of its observed
+        modalities, the symmetric KL divergence (Jeffreys divergence) between the two
+        single-modality posteriors ``q(z | x_m)`` (each expert times the prior, the
+        posteriors `DifferentiableMultiOmicsVAE.encode` gives for one modality), not scaled
+        by ``kl_weight``, as MultiVI does (Ashuach et al. 2023, ``modality_penalty=
+        "Jeffreys"``); it pulls the modality-specific latents of a cell together.
+        ``"none"``: no penalty.
     """
 
     modality_dims: list[int] = dataclasses.field(default_factory=lambda: [2000, 500])
@@ -86,6 +101,7 @@ class MultiOmicsVAEConfig(OperatorConfig):
     weight_penalty: float = 5.0
     gradnorm_alpha: float = 1.5
     unimodal_elbo: bool = True
+    modality_penalty: str = "jeffreys"
 
     def validate(self) -> None:
         """Raise `ConfigError` naming the first invalid field."""
@@ -121,6 +137,12 @@ class MultiOmicsVAEConfig(OperatorConfig):
         bad = [lik for lik in self.likelihood_list if lik not in MODALITY_LIKELIHOODS]
         if bad:
             msg = f"MultiOmicsVAEConfig.likelihoods must be in {MODALITY_LIKELIHOODS}; found {bad}."
+            raise ConfigError(msg)
+        if self.modality_penalty not in MODALITY_PENALTIES:
+            msg = (
+                f"MultiOmicsVAEConfig.modality_penalty must be in {MODALITY_PENALTIES}; "
+                f"found {self.modality_penalty!r}."
+            )
             raise ConfigError(msg)
         if not 0.0 <= self.dropout_rate < 1.0:
             msg = f"MultiOmicsVAEConfig.dropout_rate must be in [0, 1); found {self.dropout_rate}."
@@ -188,8 +210,16 @@ class _Decoder(nnx.Module):
         self.cell_factor = _mlp(n_out + c.n_batches, c.hidden_dim, 1, rngs) if bernoulli else None
         self.cell_head = nnx.Linear(c.hidden_dim, 1, rngs=rngs) if bernoulli else None
 
-    def __call__(self, z, batch, x, library):
-        """``(log_likelihood per cell, expected value)`` of the observations `x`."""
+    def cell_logit(self, x, batch):
+        """Bernoulli decoders: logit of each cell's accessibility factor, `(n_cells, 1)`."""
+        return self.cell_head(self.cell_factor(jnp.concatenate([x, batch], axis=-1)))
+
+    def __call__(self, z, batch, x, library, cell_logit=None):
+        """``(log_likelihood per cell, expected value)`` of the observations `x`.
+
+        `library` scales count likelihoods; `cell_logit` replaces the Bernoulli cell factor
+        read from `x` (for predictions that must not read the target).
+        """
         h = self.body(jnp.concatenate([z, batch], axis=-1))
         out = self.head(h)
         lik = self.likelihood
@@ -204,7 +234,7 @@ class _Decoder(nnx.Module):
                 ll = zinb_log_prob(x, mean, jnp.exp(self.feature_param[...]), pi)
                 mean = mean * jax.nn.sigmoid(-pi)
         elif lik == "bernoulli":
-            cell = self.cell_head(self.cell_factor(jnp.concatenate([x, batch], axis=-1)))
+            cell = self.cell_logit(x, batch) if cell_logit is None else cell_logit
             log_p = (
                 jax.nn.log_sigmoid(out)
                 + jax.nn.log_sigmoid(cell)
@@ -231,7 +261,9 @@ class DifferentiableMultiOmicsVAE(Operator):
     cell and region factors (MultiVI), or Gaussian for normalised features. ``elbo_loss`` is
     the mean over cells of ``-(sum_m w_m mask_m log p(x_m | z) - kl_weight KL(q || prior))``
     for the joint posterior, plus the same for each single modality's posterior when
-    ``unimodal_elbo`` (MVAE's sub-sampling), plus, for learnable weights, their penalty.
+    ``unimodal_elbo`` (MVAE's sub-sampling), plus, with ``modality_penalty="jeffreys"``, the
+    symmetric KL between the single-modality posteriors of each cell (MultiVI), plus, for
+    learnable weights, their penalty.
     Batch covariates (one-hot) enter every encoder and decoder.
 
     Inputs (``data`` keys, ``<name>`` from ``config.names``):
@@ -325,9 +357,10 @@ class DifferentiableMultiOmicsVAE(Operator):
         n_cells = np.shape(data[f"{c.names[0]}_counts"])[0]
         xs, enc_in, masks, libraries = [], [], [], []
         for name, lik in zip(c.names, c.likelihood_list, strict=True):
-            x = jnp.asarray(data[f"{name}_counts"], jnp.float32)
+            x = data[f"{name}_counts"]
+            x = jnp.asarray(x, float_dtype(x))
             if lik == "bernoulli":
-                x = (x > 0).astype(jnp.float32)
+                x = (x > 0).astype(x.dtype)
             xs.append(x)
             enc_in.append(jnp.log1p(x) if lik in _COUNT_LIKELIHOODS else x)
             mask = data.get(f"{name}_mask")
@@ -353,7 +386,11 @@ class DifferentiableMultiOmicsVAE(Operator):
 
         Returns:
           dict with ``log_likelihood`` `(n_modalities, n_cells)` (0 where masked), ``kl``
-          `(n_cells,)`, ``mask``, ``mean``, ``logvar``, ``z`` and ``reconstructed`` (list).
+          `(n_cells,)`, ``mask``, ``mean``, ``logvar``, ``z`` and ``reconstructed`` (list);
+          with ``unimodal_elbo``, ``unimodal``: per modality ``(log_likelihood, kl)`` of its
+          own posterior; with ``modality_penalty="jeffreys"``, ``modality_penalty``
+          `(n_cells,)`: the summed symmetric KL between the single-modality posteriors of
+          each pair of observed modalities.
         """
         xs, enc_in, masks, libraries, batch = self._prepare(data)
         means, logvars = zip(*(enc(x, batch) for enc, x in zip(self.encoders, enc_in, strict=True)),
@@ -371,23 +408,48 @@ class DifferentiableMultiOmicsVAE(Operator):
         z, ll, recon = decode(mean, logvar)
         out = {"log_likelihood": ll, "kl": gaussian_kl(mean, logvar), "mask": masks,
                "mean": mean, "logvar": logvar, "z": z, "reconstructed": recon}  # fmt: skip
-        if self.config.unimodal_elbo and len(xs) > 1:
+        n_mod = len(xs)
+        c = self.config
+        if n_mod == 1 or not (c.unimodal_elbo or c.modality_penalty == "jeffreys"):
+            return out
+        posteriors = []
+        for m in range(n_mod):
+            only = jnp.zeros_like(masks).at[m].set(masks[m])
+            posteriors.append(product_of_experts(means, logvars, only))
+        if c.unimodal_elbo:
             single = []
-            for m in range(len(xs)):
-                only = jnp.zeros_like(masks).at[m].set(masks[m])
-                mu_m, lv_m = product_of_experts(means, logvars, only)
+            for m, (mu_m, lv_m) in enumerate(posteriors):
                 _, ll_m, _ = decode(mu_m, lv_m)
                 single.append((ll_m, gaussian_kl(mu_m, lv_m) * masks[m]))
             out["unimodal"] = single
+        if c.modality_penalty == "jeffreys":
+            penalty = jnp.zeros_like(out["kl"])
+            for m in range(n_mod):
+                for k in range(m + 1, n_mod):
+                    pair = symmetric_gaussian_kl(*posteriors[m], *posteriors[k])
+                    penalty = penalty + pair * masks[m] * masks[k]
+            out["modality_penalty"] = penalty
         return out
 
-    def loss_from_terms(self, terms) -> Array:
-        """``elbo_loss`` from `terms`: negative weighted ELBO per cell plus the weight penalty."""
+    def loss_from_terms(self, terms, *, kl_scale: float | Array = 1.0) -> Array:
+        """``elbo_loss`` from `terms`: negative weighted ELBO per cell plus the penalties.
+
+        Args:
+          terms: the output of `terms`.
+          kl_scale: multiplies ``config.kl_weight`` (a KL warm-up schedule passes values in
+            [0, 1]; a traced scalar does not recompile).
+
+        Returns:
+          Scalar loss per cell (nats).
+        """
         c = self.config
         w = self.modality_weights()
-        elbo = jnp.sum(w[:, None] * terms["log_likelihood"], axis=0) - c.kl_weight * terms["kl"]
+        beta = c.kl_weight * kl_scale
+        elbo = jnp.sum(w[:, None] * terms["log_likelihood"], axis=0) - beta * terms["kl"]
         for ll_m, kl_m in terms.get("unimodal", []):
-            elbo = elbo + jnp.sum(w[:, None] * ll_m, axis=0) - c.kl_weight * kl_m
+            elbo = elbo + jnp.sum(w[:, None] * ll_m, axis=0) - beta * kl_m
+        if "modality_penalty" in terms:
+            elbo = elbo - terms["modality_penalty"]
         loss = -jnp.mean(elbo)
         if c.modality_weight_mode == "learnable" and not c.use_gradnorm:
             p = w / w.shape[0]
@@ -410,9 +472,9 @@ class DifferentiableMultiOmicsVAE(Operator):
             out[f"{name}_reconstructed"] = rec
         return out
 
-    def loss(self, data: Mapping[str, Any]) -> Array:
-        """``elbo_loss`` of `data` (for training loops)."""
-        return self.loss_from_terms(self.terms(data))
+    def loss(self, data: Mapping[str, Any], *, kl_scale: float | Array = 1.0) -> Array:
+        """``elbo_loss`` of `data` (for training loops); `kl_scale` as in `loss_from_terms`."""
+        return self.loss_from_terms(self.terms(data), kl_scale=kl_scale)
 
 
 def gradnorm_step(model: DifferentiableMultiOmicsVAE, data, initial_losses: Array, *,
