@@ -213,6 +213,10 @@ def test_jeffreys_penalty_is_the_symmetric_kl_of_the_single_modality_posteriors(
     # same parameters and noise: the losses differ by the mean penalty exactly
     diff = float(with_penalty.loss(data)) - float(without.loss(data))
     np.testing.assert_allclose(diff, want.mean(), rtol=1e-4)
+    # without the KL terms, the loss is the reconstruction loss plus the penalty
+    rest = with_penalty.loss_from_terms(t, kl_scale=0.0)
+    rest = rest - with_penalty.reconstruction_loss_from_terms(t)
+    np.testing.assert_allclose(float(rest), want.mean(), rtol=1e-4)
 
 
 def test_kl_scale_multiplies_every_kl_term():
@@ -313,14 +317,19 @@ def test_early_stopping_restores_the_lowest_validation_loss_and_warms_up_the_kl(
     model = integrate(data, patience=2, **kwargs)
     h, rep = model.history, model.report
     np.testing.assert_allclose(h["kl_scale"][:6], [0.0, 0.25, 0.5, 0.75, 1.0, 1.0])
-    best = int(h["validation_loss"].idxmin())
-    assert rep["best_epoch"] == best and rep["best_validation_loss"] == h["validation_loss"].min()
+    monitored = h["validation_reconstruction_loss"]  # the default monitor
+    best = int(monitored.idxmin())
+    assert rep["best_epoch"] == best and rep["best_validation_loss"] == monitored.min()
     assert rep["stopped_early"] and rep["epochs"] == best + 3  # two epochs without a new best
+    assert (h["validation_loss"] > monitored).all()  # the ELBO adds the KL and the penalty
     # the same seed trained for best + 1 epochs ends on the same parameters, not the last ones
     again = integrate(data, max_epochs=best + 1, **kwargs)
     np.testing.assert_allclose(model.latent(), again.latent(), rtol=1e-5, atol=1e-5)
     # an absolute min_delta larger than any change: patience runs out 3 epochs after the first
-    assert integrate(data, min_delta=1e9, patience=3, **kwargs).report["epochs"] == 4
+    elbo = integrate(data, min_delta=1e9, patience=3, early_stopping_monitor="elbo_validation",
+                     **kwargs)  # fmt: skip
+    assert elbo.report["epochs"] == 4
+    assert elbo.report["best_epoch"] == int(elbo.history["validation_loss"].idxmin())
 
 
 def test_mosaic_cells_train_and_embed():
@@ -356,7 +365,8 @@ def _mods(n=80, seed=0):
     ("kwargs", "match"),
     [({"patience": 0}, "patience"), ({"min_delta": -1.0}, "min_delta"),
      ({"learning_rate": float("nan")}, "learning_rate"),
-     ({"n_epochs_kl_warmup": 2.5}, "n_epochs_kl_warmup")],
+     ({"n_epochs_kl_warmup": 2.5}, "n_epochs_kl_warmup"),
+     ({"early_stopping_monitor": "loss"}, "early_stopping_monitor")],
 )  # fmt: skip
 def test_integrate_refuses_bad_training_settings(kwargs, match):
     with pytest.raises(ConfigError, match=match):

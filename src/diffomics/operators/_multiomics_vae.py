@@ -458,6 +458,24 @@ class DifferentiableMultiOmicsVAE(Operator):
             loss = loss + c.weight_penalty * scale * kl_uniform
         return loss
 
+    def reconstruction_loss_from_terms(self, terms) -> Array:
+        """Weighted negative log-likelihood per cell (joint and single-modality decodings).
+
+        The reconstruction part of `loss_from_terms`, without the KL terms and penalties
+        (scvi-tools' ``reconstruction_loss``; MultiVI stops training on it).
+
+        Args:
+          terms: the output of `terms`.
+
+        Returns:
+          Scalar mean over cells (nats).
+        """
+        w = self.modality_weights()
+        ll = jnp.sum(w[:, None] * terms["log_likelihood"], axis=0)
+        for ll_m, _ in terms.get("unimodal", []):
+            ll = ll + jnp.sum(w[:, None] * ll_m, axis=0)
+        return -jnp.mean(ll)
+
     def outputs(self, data: Mapping[str, Any]) -> dict[str, Any]:
         """Compute the outputs (see the class docstring)."""
         self._check(data)
