@@ -784,22 +784,24 @@ def versions() -> dict:
 
 
 NOTES = [
-    "Each tool uses its own weights downstream: diffomics ICE (`ice_balance`, relative "
-    "variance tol 1e-10) and cooler `balance_cooler(cis_only=True)` with its defaults "
-    "(ignore_diags=2, mad_max=5, min_nnz=10, tol=1e-5 on the unscaled variance).",
+    "Each tool uses its own weights downstream: diffomics ICE (`ice_balance(cis_only=True)` "
+    "on the whole file, relative variance tol 1e-10) and cooler "
+    "`balance_cooler(cis_only=True)` with its defaults (ignore_diags=2, mad_max=5, "
+    "min_nnz=10, tol=1e-5 on the unscaled variance).",
     "Every call reads the map from the .cool file. diffomics `analyze` also computes the "
     "expected in every step (it is cheap); cooltools `dots` gets an expected computed before "
     "the timed calls. cooltools `expected_cis` runs with smooth=False (diffomics does not "
     "smooth; the dots use balanced.avg).",
-    "Mouse map: diffomics analyses one chromosome at a time (chr1..chr19). cooler balances the "
-    "whole file (chrX, chrY and chrM too, about 7 % more bins) and sets its MAD filter from "
-    "all chromosomes together, where diffomics sets it per chromosome; cooltools expected and "
-    "eigs use a view of chr1..chr19. No phasing track, so the E1 signs are arbitrary: compare "
-    "abs(Pearson).",
-    "Dots: diffomics clusters enriched pixels within 20 kb (its default), which at 25 kb "
-    "does not merge adjacent pixels; cooltools clusters with Birch at the same 20 kb radius, "
-    "which does merge pairs. The near-duplicate column counts dots with another dot of the "
-    "same tool within 1 bin.",
+    "Mouse map: both tools balance the whole file (chr1..chr19, chrX, chrY and chrM) with "
+    "the MAD filter set from all chromosomes together, each chromosome balanced on its own; "
+    "diffomics then analyses one chromosome at a time (chr1..chr19) and cooltools expected "
+    "and eigs use a view of chr1..chr19. No phasing track, so the E1 signs are arbitrary: "
+    "compare abs(Pearson).",
+    "Dots: both tools cluster the enriched pixels into BIRCH blobs of radius 20 kb (cooltools "
+    "with scikit-learn's Birch, diffomics with `birch_labels`, the same partition on "
+    "cooltools' chr20 pixels), which at 25 kb merges pairs of adjacent pixels but not rows of "
+    "three. The near-duplicate column counts dots with another dot of the same tool within "
+    "1 bin.",
     "Synthetic maps: ICE converges slowly on maps whose contacts stop at 2 Mb, and both "
     "tools stop at their 200-iteration limit without converging; the balance times are "
     "200 iterations each.",
@@ -881,8 +883,8 @@ def main() -> None:
             "cooltools_dots": "dots(expected, expected_value_col='balanced.avg', "
             "max_loci_separation) (kernels from recommend_kernels, lambda_bin_fdr=0.1, "
             "clustering_radius=20000)",
-            "diffomics_balance": "ice_balance(read_cool(path, chrom)) (ignore_diags=2, "
-            "min_nnz=10, mad_max=5, max_iter=200, tol=1e-10)",
+            "diffomics_balance": "ice_balance(read_cool(path, region=chromnames), "
+            "cis_only=True) (ignore_diags=2, min_nnz=10, mad_max=5, max_iter=200, tol=1e-10)",
             "diffomics_steps": "analyze(path, region=chrom, balance=weights, windows=() | "
             "windows, n_eigs=0 | 3, loops=False | True, phasing_track, max_loci_separation)",
         },

@@ -12,7 +12,9 @@ a pool of ``threads`` worker processes (their ``nproc`` / ``map``); the first tw
 process, so the peak memory is that of a single process doing the whole step. What a call
 does:
 
-- diffomics balance: ``ice_balance(read_cool(path, chrom))`` per chromosome.
+- diffomics balance: ``ice_balance(read_cool(path, region=<every chromosome of the file>),
+  cis_only=True)``, the whole file at once as cooler's call (the filters' MAD cut-off is set
+  from all chromosomes, each chromosome is balanced on its own).
 - diffomics expected / eigs / insulation / dots: ``analyze(path, region=chrom,
   balance=<its own weights>, ...)`` with only that step enabled (``windows=()``, ``n_eigs=0``,
   ``loops=False`` otherwise). `analyze` always computes the expected, which is cheap.
@@ -132,6 +134,8 @@ def _view(spec: dict, clr) -> pd.DataFrame | None:
 
 
 def _diffomics(step: str, spec: dict, folder: Path, limit: float) -> dict:
+    import cooler
+
     from diffomics.hic import analyze, ice_balance, read_cool
 
     path, chroms = spec["path"], spec["chroms"]
@@ -139,17 +143,17 @@ def _diffomics(step: str, spec: dict, folder: Path, limit: float) -> dict:
     if step == "balance":
 
         def fn():
-            out, reports = {}, {}
-            for c in chroms:
-                out[c], reports[c] = ice_balance(read_cool(path, c))
-            return out, reports
+            genome = read_cool(path, region=cooler.Cooler(path).chromnames)
+            w, report = ice_balance(genome, cis_only=True)
+            by_chrom = genome.bins["chrom"].to_numpy()
+            return {c: w[by_chrom == c] for c in chroms}, report
 
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            (weights, reports), timing = _calls(fn, limit)
+            (weights, report), timing = _calls(fn, limit)
         info["warnings"] = sorted({str(w.message) for w in caught})
-        info["ice_iterations"] = {c: r["ice_iterations"] for c, r in reports.items()}
-        info["ice_converged"] = all(r["ice_converged"] for r in reports.values())
+        info["ice_iterations"] = report["ice_iterations"]
+        info["ice_converged"] = report["ice_converged"]
         np.savez(folder / "weights.npz", **weights)
         np.save(folder / "weights.npy", np.concatenate([weights[c] for c in chroms]))
         return {**timing, "info": info}

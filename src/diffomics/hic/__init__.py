@@ -20,6 +20,7 @@ from diffomics.hic._compartments import cis_eigs as cis_eigs
 from diffomics.hic._compartments import compartment_eigs as compartment_eigs
 from diffomics.hic._compartments import observed_over_expected as observed_over_expected
 from diffomics.hic._compartments import phase_eigs as phase_eigs
+from diffomics.hic._dots import birch_labels as birch_labels
 from diffomics.hic._dots import call_dots as call_dots
 from diffomics.hic._dots import hiccups_kernels as hiccups_kernels
 from diffomics.hic._dots import lambda_thresholds as lambda_thresholds
@@ -47,6 +48,7 @@ __all__ = [
     "band_from_dense",
     "band_from_pixels",
     "band_mask",
+    "birch_labels",
     "boundary_strength",
     "call_dots",
     "cis_eigs",

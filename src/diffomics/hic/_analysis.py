@@ -39,7 +39,10 @@ def _bucket(n: int) -> int:
     return -(-n // step) * step
 
 
-_ice_jit = jax.jit(ice, static_argnames=("ignore_diags", "max_iter", "tol", "differentiable"))
+_ice_jit = jax.jit(
+    ice,
+    static_argnames=("cis_only", "trans_only", "ignore_diags", "max_iter", "tol", "differentiable"),
+)
 
 
 @functools.partial(jax.jit, static_argnames=("n_eigs", "ignore_diags", "n_bins"))
@@ -117,18 +120,32 @@ class HiCResult:
 def ice_balance(
     cmap: ContactMap,
     *,
+    cis_only: bool = False,
+    trans_only: bool = False,
     ignore_diags: int = 2,
     min_nnz: int = 10,
+    min_count: float = 0,
     mad_max: float = 5.0,
     max_iter: int = 200,
     tol: float = 1e-10,
 ) -> tuple[np.ndarray, dict]:
     """ICE weights of a contact map with cooler's filters (`ice_filters`, `ice`).
 
+    On a map of one chromosome this is ``cooler.balance_cooler`` on that chromosome. On a
+    map of several (``read_cool(path, region=chromnames)``) it is ``balance_cooler`` on the
+    file: the filters see every chromosome at once (coverage relative to each chromosome's
+    median, one MAD cut-off for the genome), and the balancing is genome-wide, per
+    chromosome (`cis_only`, cooler's choice for maps without trans contacts) or on trans
+    contacts only (`trans_only`).
+
     Args:
       cmap: the `ContactMap` (raw counts).
+      cis_only: filter and balance on contacts within chromosomes, each on its own.
+      trans_only: balance on contacts between chromosomes (the filters use all contacts,
+        as cooler's).
       ignore_diags: diagonals set aside.
       min_nnz: minimum non-zero pixels per bin.
+      min_count: minimum total contacts per bin.
       mad_max: coverage cut-off in MADs of log coverage.
       max_iter: ICE iteration limit.
       tol: convergence threshold on the relative variance of the marginals.
@@ -136,10 +153,28 @@ def ice_balance(
     Returns:
       ``(weights, report)``: `(n_bins,)` with NaN for masked bins (cooler's convention), and
       the filters' counts and convergence.
+
+    Raises:
+      ConfigError: both `cis_only` and `trans_only`, or `trans_only` on one chromosome.
+      CountsError: fewer than 3 bins pass the filters.
+
+    Examples:
+      >>> from diffomics.datasets import gm12878_hic
+      >>> from diffomics.hic import read_cool
+      >>> weights, report = ice_balance(read_cool(gm12878_hic("chr22")))
+      >>> report["n_masked_bins"], report["ice_converged"]
+      (383, True)
     """
+    if cis_only and trans_only:
+        msg = "cis_only and trans_only are exclusive; pass at most one of them."
+        raise ConfigError(msg)
+    chrom = cmap.chrom_ids
+    if trans_only and chrom.max() == 0:
+        msg = f"trans_only needs a map of several chromosomes; {cmap.source} has one."
+        raise ConfigError(msg)
     valid, report = ice_filters(
-        cmap.bin1, cmap.bin2, cmap.count, cmap.n_bins,
-        ignore_diags=ignore_diags, min_nnz=min_nnz, mad_max=mad_max,
+        cmap.bin1, cmap.bin2, cmap.count, cmap.n_bins, chrom=chrom, cis_only=cis_only,
+        ignore_diags=ignore_diags, min_nnz=min_nnz, min_count=min_count, mad_max=mad_max,
     )  # fmt: skip
     if valid.sum() < 3:
         msg = (
@@ -149,12 +184,16 @@ def ice_balance(
         raise CountsError(msg)
     n_pad = _bucket(cmap.n_bins)
     b1, b2, counts = _padded_pixels(cmap, n_pad)
-    res = _ice_jit(b1, b2, counts, np.r_[valid, np.zeros(n_pad - cmap.n_bins, bool)],
-                   ignore_diags=ignore_diags, max_iter=max_iter, tol=tol)  # fmt: skip
-    weights = np.where(valid, np.asarray(res.weights, dtype=np.float64)[: cmap.n_bins], np.nan)
+    pad = n_pad - cmap.n_bins
+    res = _ice_jit(b1, b2, counts, np.r_[valid, np.zeros(pad, bool)],
+                   chrom=np.r_[chrom, np.full(pad, -1)], cis_only=cis_only,
+                   trans_only=trans_only, ignore_diags=ignore_diags, max_iter=max_iter,
+                   tol=tol)  # fmt: skip
+    weights = np.asarray(res.weights, dtype=np.float64)[: cmap.n_bins]
+    weights = np.where(valid & (weights > 0), weights, np.nan)
     report = {
         "filtered_bins": report,
-        "n_masked_bins": int((~valid).sum()),
+        "n_masked_bins": int(np.isnan(weights).sum()),
         "ice_iterations": int(res.n_iter),
         "ice_converged": bool(res.converged),
         "ice_relative_variance": float(res.variance),
@@ -256,6 +295,13 @@ def analyze(
       ConfigError: a bad argument.
     """
     cmap = as_contact_map(data, region=region, resolution=resolution)
+    if len(cmap.chroms) > 1:
+        msg = (
+            f"analyze takes one chromosome or region; the map holds {len(cmap.chroms)} "
+            f"({cmap.chroms[:4]}...). Balance them together with ice_balance(read_cool(path, "
+            "region=chroms)) and pass each chromosome's weights as balance=."
+        )
+        raise ConfigError(msg)
     res = cmap.resolution
     n = cmap.n_bins
     windows = tuple(windows) if windows is not None else tuple(res * k for k in (3, 5, 10))

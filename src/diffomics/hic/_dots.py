@@ -13,9 +13,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
-import scipy.sparse
-import scipy.sparse.csgraph
-import scipy.spatial
 import scipy.stats
 from jax import Array
 
@@ -25,6 +22,7 @@ from diffomics.core._numerics import float_dtype
 __all__ = [
     "KERNEL_NAMES",
     "LocalExpected",
+    "birch_labels",
     "call_dots",
     "hiccups_kernels",
     "lambda_thresholds",
@@ -33,6 +31,10 @@ __all__ = [
 ]
 
 KERNEL_NAMES = ("donut", "vertical", "horizontal", "lowleft")
+#: Largest observed count kept apart in the lambda-bin histograms. Counts at or above it share
+#: the last column: the number of pixels with at least ``c`` counts stays exact for every
+#: ``c`` up to it, and a larger count gets the q-value of this one (conservative).
+_MAX_HIST_COUNT = 2**16
 
 
 def recommend_kernel_size(resolution: int) -> tuple[int, int]:
@@ -213,11 +215,12 @@ def call_dots(
        footprints touch an invalid pixel are not scored.
     2. Lambda-binned FDR: per kernel, pixels are grouped by local expected into log bins
        (`lambda_edges`) and thresholded by `lambda_thresholds` at `lambda_bin_fdr`.
-    3. Pixels passing all four kernels are clustered: pixels whose positions are within
-       `clustering_radius` bp of each other join (connected components); each cluster is
-       represented by its brightest pixel, with ``c_size`` its number of pixels. With the
-       default 20 kb, pixels merge at 5 and 10 kb bins but not at 25 kb (Juicer uses
-       50 kb there, which merges adjacent pixels and also distinct loops 1-2 bins apart).
+    3. Pixels passing all four kernels, in ``(bin1, bin2)`` order, are clustered as
+       cooltools does (`birch_labels`: blobs of radius <= `clustering_radius` bp around
+       their centroid); each cluster is represented by its brightest pixel (the first in
+       order on ties), with ``c_size`` its number of pixels and ``cbin1, cbin2`` its
+       centroid. With the default 20 kb, two adjacent pixels merge at 25 kb bins but a row
+       of three does not; at 5 and 10 kb, blobs span up to about 40 kb.
     4. HiCCUPS filters (``cluster_filtering``): observed > 1.75x the donut and lower-left
        and > 1.5x the vertical and horizontal local expected, > 2x one of donut or
        lower-left, and singletons need the sum of their four q-values <= 0.02.
@@ -300,14 +303,17 @@ def call_dots(
             & np.all(np.isfinite(factor), axis=0)
         )
         i_idx, d_idx = np.nonzero(ok)
-        obs = counts[core][i_idx, d_idx].astype(np.int64)
+        # counts above _MAX_HIST_COUNT share the histogram's last column (as Juicer caps its
+        # at 10,000): its memory stays bounded and huge values (1e30) do not overflow int64
+        raw = counts[core][i_idx, d_idx]
+        obs = np.minimum(raw, _MAX_HIST_COUNT).astype(np.int64)
         lams = la[:, i_idx, d_idx]
-        return i_idx + start, i_idx + start + d_idx, obs, lams
+        return i_idx + start, i_idx + start + d_idx, obs, lams, raw
 
     # pass 1: histograms of observed counts per lambda bin, per kernel
     hist = np.zeros((len(names), len(edges) - 1, 1), dtype=np.int64)
     for start, stop in _tiles(n, size):
-        _, _, obs, lams = tile(start, stop)
+        _, _, obs, lams, _ = tile(start, stop)
         if obs.size and obs.max() >= hist.shape[2]:
             hist = np.pad(hist, ((0, 0), (0, 0), (0, obs.max() + 1 - hist.shape[2])))
         for k in range(len(names)):
@@ -320,11 +326,12 @@ def call_dots(
     # pass 2: pixels over every kernel's threshold
     found = []
     for start, stop in _tiles(n, size):
-        b1, b2, obs, lams = tile(start, stop)
+        b1, b2, obs, lams, raw = tile(start, stop)
         lbins = [np.searchsorted(edges, lams[k], side="left") - 1 for k in range(len(names))]
         keep = np.all([obs >= thresholds[k][lbins[k]] for k in range(len(names))], axis=0)
         if keep.any():
-            cols = {"bin1_id": b1[keep], "bin2_id": b2[keep], "count": obs[keep]}
+            count = raw[keep] if raw.max() > _MAX_HIST_COUNT else obs[keep]
+            cols = {"bin1_id": b1[keep], "bin2_id": b2[keep], "count": count}
             for k, name in enumerate(names):
                 cols[f"la_exp.{name}.value"] = lams[k][keep]
                 cols[f"la_exp.{name}.qval"] = qvalues[k][lbins[k][keep], obs[keep]]
@@ -332,26 +339,81 @@ def call_dots(
     columns = ["bin1_id", "bin2_id", "count"]
     columns += [f"la_exp.{k}.{s}" for s in ("value", "qval") for k in names]
     pixels = pd.concat(found, ignore_index=True) if found else pd.DataFrame(columns=columns)
-    dots = _cluster(pixels, clustering_radius / resolution)
+    dots = _cluster(pixels, resolution, clustering_radius)
     if cluster_filtering and len(dots):
         dots = dots[_hiccups_filter(dots)].reset_index(drop=True)
     return dots
 
 
-def _cluster(pixels: pd.DataFrame, radius_bins: float) -> pd.DataFrame:
-    """Connected components of pixels within `radius_bins`; keep each one's brightest."""
+def birch_labels(points: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """Cluster points into blobs of radius at most `threshold`, as BIRCH's leaf subclusters.
+
+    The points are taken in order. Each joins the subcluster whose centroid is nearest when
+    the joined subcluster's radius (root-mean-square distance of its points to their
+    centroid) stays ``<= threshold``; otherwise it starts a new subcluster. Every point is
+    then labelled by its nearest final centroid. This is BIRCH without the global step
+    (``sklearn.cluster.Birch(n_clusters=None, threshold=...)``, which cooltools' ``dots``
+    runs on the enriched pixels' ``start1, start2``), with the nearest subcluster searched
+    over all subclusters rather than down a CF-tree. Two pixels up to ``2 * threshold``
+    apart merge, a row of three at spacing ``s`` only if ``s <= 1.22 * threshold``.
+
+    Args:
+      points: `(n, 2)` coordinates (bp), in the order they are inserted.
+      threshold: largest subcluster radius, same unit.
+
+    Returns:
+      ``(labels, centroids)``: int `(n,)` subcluster of each point, and `(n_clusters, 2)`
+      centroids (a subcluster may end up with no point labelled to it).
+
+    References:
+      Zhang, Ramakrishnan and Livny, "BIRCH: an efficient data clustering method for very
+      large databases", SIGMOD 1996, https://doi.org/10.1145/233269.233324.
+
+    Examples:
+      >>> pts = np.array([[0.0, 0.0], [25.0, 0.0], [50.0, 0.0], [500.0, 500.0]])
+      >>> labels, centroids = birch_labels(pts, 20.0)
+      >>> labels.tolist(), centroids[:, 0].tolist()
+      ([0, 0, 1, 2], [12.5, 50.0, 500.0])
+    """
+    points = np.asarray(points, dtype=np.float64)
+    n = len(points)
+    linear = np.zeros((n, points.shape[1]))
+    squares = np.zeros(n)
+    sizes = np.zeros(n)
+    centroids = np.zeros_like(linear)
+    norms = np.zeros(n)
+    k = 0
+    limit = float(threshold) ** 2
+    for x in points:
+        if k:
+            nearest = int(np.argmin(norms[:k] - 2.0 * (centroids[:k] @ x)))
+            size = sizes[nearest] + 1
+            lin = linear[nearest] + x
+            sq = squares[nearest] + x @ x
+            centre = lin / size
+            if sq / size - centre @ centre <= limit:
+                sizes[nearest], linear[nearest], squares[nearest] = size, lin, sq
+                centroids[nearest], norms[nearest] = centre, centre @ centre
+                continue
+        sizes[k], linear[k], squares[k] = 1, x, x @ x
+        centroids[k], norms[k] = x, x @ x
+        k += 1
+    centroids = centroids[:k]
+    labels = np.argmin(norms[None, :k] - 2.0 * (points @ centroids.T), axis=1) if n else []
+    return np.asarray(labels, dtype=np.int64), centroids
+
+
+def _cluster(pixels: pd.DataFrame, resolution: int, radius: float) -> pd.DataFrame:
+    """BIRCH blobs of pixels (`birch_labels` on bp positions); keep each one's brightest."""
     if pixels.empty:
         return pixels.assign(c_size=pd.Series(dtype=int), cbin1=[], cbin2=[])
-    xy = pixels[["bin1_id", "bin2_id"]].to_numpy(dtype=np.float64)
-    pairs = scipy.spatial.cKDTree(xy).query_pairs(radius_bins, output_type="ndarray")
-    n = len(xy)
-    graph = scipy.sparse.coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), (n, n))
-    _, label = scipy.sparse.csgraph.connected_components(graph, directed=False)
+    xy = pixels[["bin1_id", "bin2_id"]].to_numpy(dtype=np.float64) * resolution
+    label, centroids = birch_labels(xy, radius)
     pixels = pixels.assign(c_label=label)
     grouped = pixels.groupby("c_label")
     size = grouped["count"].transform("size")
-    centroid = grouped[["bin1_id", "bin2_id"]].transform("mean")
-    pixels = pixels.assign(c_size=size, cbin1=centroid["bin1_id"], cbin2=centroid["bin2_id"])
+    centre = centroids[label] / resolution
+    pixels = pixels.assign(c_size=size, cbin1=centre[:, 0], cbin2=centre[:, 1])
     brightest = pixels.loc[grouped["count"].idxmax()]
     return brightest.drop(columns="c_label").sort_values(["bin1_id", "bin2_id"])
 

@@ -24,9 +24,12 @@ __all__ = ["ContactMap", "as_contact_map", "count_features", "from_dense", "read
 
 @dataclasses.dataclass(frozen=True)
 class ContactMap:
-    """One cis contact matrix (a chromosome or a region) as upper-triangle pixels.
+    """A contact matrix as upper-triangle pixels: one chromosome, a region, or a genome.
 
-    Memory grows with the number of non-zero pixels, never with ``n_bins^2``.
+    Memory grows with the number of non-zero pixels, never with ``n_bins^2``. A map of
+    several chromosomes (``read_cool(path, region=[...])``) holds their cis and trans
+    pixels, bins in file order; it is for genome-wide balancing (`ice_balance`); `analyze`
+    and `coarsen` take one chromosome.
 
     Attributes:
       bins: DataFrame with ``chrom, start, end`` (bp), one row per bin, index ``0..n-1``.
@@ -50,13 +53,23 @@ class ContactMap:
         """Number of bins."""
         return len(self.bins)
 
+    @property
+    def chroms(self) -> list[str]:
+        """The chromosomes of the map, in bin order."""
+        return list(pd.unique(self.bins["chrom"]))
+
+    @property
+    def chrom_ids(self) -> np.ndarray:
+        """Chromosome index (into `chroms`) of each bin, int `(n_bins,)`."""
+        return pd.factorize(self.bins["chrom"])[0].astype(np.int64)
+
     def dense(self, values: np.ndarray | None = None) -> np.ndarray:
         """The symmetric dense matrix of `values` (default: the counts), `(n_bins, n_bins)`."""
         values = self.count if values is None else values
-        m = np.zeros((self.n_bins, self.n_bins), dtype=np.float64)
-        np.add.at(m, (self.bin1, self.bin2), values)
-        off = self.bin1 != self.bin2
-        np.add.at(m, (self.bin2[off], self.bin1[off]), values[off])
+        n = self.n_bins
+        m = np.bincount(self.bin1 * n + self.bin2, values, n * n).reshape(n, n)
+        m += m.T
+        m[np.diag_indices(n)] /= 2
         return m
 
     def coarsen(self, factor: int) -> ContactMap:
@@ -156,14 +169,18 @@ def _parse_region(region: str) -> tuple[str, int | None, int | None]:
     return chrom, int(re.sub("[,_]", "", lo)), int(re.sub("[,_]", "", hi))
 
 
-def read_cool(uri: str | os.PathLike, region: str | None = None) -> ContactMap:
-    """Read one chromosome or region of a `.cool` or `.mcool` file (via `cooler`).
+def read_cool(
+    uri: str | os.PathLike, region: str | list[str] | tuple[str, ...] | None = None
+) -> ContactMap:
+    """Read one chromosome or region, or several chromosomes, of a `.cool` / `.mcool` file.
 
     Args:
       uri: ``path.cool``, or ``path.mcool::/resolutions/N`` for one resolution of a
         multi-resolution file.
       region: ``"chr20"`` or ``"chr20:10,000,000-20,000,000"``; may be omitted when the
-        file holds a single chromosome.
+        file holds a single chromosome. A list of whole chromosomes (``cooler.Cooler(path)
+        .chromnames`` for the genome) reads them with the contacts between them, in file
+        order, for genome-wide balancing.
 
     Returns:
       A `ContactMap` of raw counts, with the file's ``weight`` column when present.
@@ -203,6 +220,8 @@ def read_cool(uri: str | os.PathLike, region: str | None = None) -> ContactMap:
             )
             raise MissingKeyError(msg)
         region = chromnames[0]
+    if not isinstance(region, str):
+        return _read_chroms(clr, uri, list(region), chromnames)
     chrom, lo, hi = _parse_region(region)
     if chrom not in chromnames:
         msg = f"chromosome {chrom!r} is not in {uri!r}; it has {chromnames[:25]}."
@@ -220,6 +239,40 @@ def read_cool(uri: str | os.PathLike, region: str | None = None) -> ContactMap:
         int(clr.binsize),
         weights,
         f"{uri}::{region}" if "::" not in uri else f"{uri} {region}",
+    )
+
+
+def _read_chroms(clr, uri: str, chroms: list[str], chromnames: list[str]) -> ContactMap:
+    """Whole chromosomes of a cooler with their cis and trans pixels, in file order."""
+    unknown = [c for c in chroms if c not in chromnames]
+    if unknown or not chroms:
+        msg = f"region lists chromosomes {unknown or chroms} not in {uri!r}; it has {chromnames}."
+        raise MissingKeyError(msg)
+    chroms = [c for c in chromnames if c in set(chroms)]
+    offsets = clr._load_dset("indexes/chrom_offset")
+    bin1_offsets = clr._load_dset("indexes/bin1_offset")
+    new_id = np.full(int(clr.info["nbins"]), -1, np.int64)
+    parts, pieces = [], []
+    for c in chroms:
+        k = chromnames.index(c)
+        lo, hi = int(offsets[k]), int(offsets[k + 1])
+        new_id[lo:hi] = np.arange(hi - lo) + sum(len(p) for p in parts)
+        parts.append(clr.bins()[lo:hi])
+        pieces.append(clr.pixels()[int(bin1_offsets[lo]) : int(bin1_offsets[hi])])
+    bins = pd.concat(parts)
+    pixels = pd.concat(pieces, ignore_index=True)
+    b1 = new_id[pixels["bin1_id"].to_numpy(np.int64)]
+    b2 = new_id[pixels["bin2_id"].to_numpy(np.int64)]
+    keep = b2 >= 0
+    weights = bins["weight"].to_numpy(dtype=np.float64) if "weight" in bins else None
+    return ContactMap(
+        bins[["chrom", "start", "end"]].reset_index(drop=True).astype({"chrom": str}),
+        b1[keep],
+        b2[keep],
+        pixels["count"].to_numpy(np.float64)[keep],
+        int(clr.binsize),
+        weights,
+        f"{uri} {','.join(chroms)}",
     )
 
 
