@@ -16,6 +16,7 @@ from diffomics.core._likelihoods import (
     bernoulli_log_prob,
     gaussian_log_prob,
     nb_log_prob,
+    nb_mixture_log_prob,
     poisson_log_prob,
     zinb_log_prob,
 )
@@ -25,6 +26,7 @@ from diffomics.integration import (
     integrate,
     knn_label_accuracy,
     product_of_experts,
+    protein_background_prior,
     symmetric_gaussian_kl,
 )
 from diffomics.operators.multiomics import DifferentiableMultiOmicsVAE, MultiOmicsVAEConfig
@@ -109,6 +111,65 @@ def test_likelihoods_match_scipy():
                                scipy.stats.bernoulli.logpmf(b, q), rtol=1e-4)  # fmt: skip
     np.testing.assert_allclose(gaussian_log_prob(jnp.asarray(x), 3.0, 2.0),
                                scipy.stats.norm.logpdf(x, 3.0, 2.0), rtol=1e-5)  # fmt: skip
+
+
+def test_nb_mixture_matches_scipy_and_the_gaussian_kl_its_closed_form():
+    x = np.array([0.0, 2.0, 7.0, 30.0, 200.0])
+    mu_b, mu_f, theta, pi = 3.0, 60.0, 4.0, 0.35  # pi: the background probability
+    pmf = (pi * scipy.stats.nbinom.pmf(x, theta, theta / (theta + mu_b))
+           + (1 - pi) * scipy.stats.nbinom.pmf(x, theta, theta / (theta + mu_f)))  # fmt: skip
+    got = nb_mixture_log_prob(jnp.asarray(x), mu_b, mu_f, theta, np.log(pi / (1 - pi)))
+    np.testing.assert_allclose(got, np.log(pmf), rtol=1e-4)
+    # KL(N(m1, v1) || N(m2, v2)) = log(s2 / s1) + (v1 + (m1 - m2)^2) / (2 v2) - 1/2
+    m1, v1, m2, v2 = 0.3, 0.5, -1.0, 2.0
+    want = 0.5 * np.log(v2 / v1) + (v1 + (m1 - m2) ** 2) / (2 * v2) - 0.5
+    got = gaussian_kl(jnp.full((1, 1), m1), jnp.log(jnp.full((1, 1), v1)), m2, np.log(v2))
+    np.testing.assert_allclose(float(got[0]), want, rtol=1e-5)
+
+
+def test_protein_background_prior_finds_the_lower_mode():
+    rng = np.random.default_rng(0)
+    n = 400
+    positive = rng.random(n) < 0.4
+    background = rng.negative_binomial(10, 10 / (10 + np.array([4.0, 20.0])), (n, 2))
+    counts = np.where(positive[:, None], background * 15, background)
+    mean, sd = protein_background_prior(counts)
+    np.testing.assert_allclose(np.expm1(mean), [4.0, 20.0], rtol=0.25)
+    want_sd = np.log1p(background[~positive]).std(0)
+    np.testing.assert_allclose(sd, want_sd, rtol=0.25)
+    with pytest.raises(CountsError, match="negative"):
+        protein_background_prior(-counts)
+    with pytest.raises(ShapeError, match="counts"):
+        protein_background_prior(counts[:, 0])
+
+
+def test_nb_mixture_protein_modality_trains_and_learns_its_background():
+    rng = np.random.default_rng(2)
+    n = 60
+    data = _data(n)
+    positive = rng.random((n, 12)) < 0.5
+    protein = rng.poisson(np.where(positive, 80.0, 5.0)).astype(np.float32)
+    vae = _vae(modality_dims=[12, 12], modality_names=["rna", "protein"],
+               likelihoods=["nb", "nb_mixture"])  # fmt: skip
+    data = {"rna_counts": data["rna_counts"], "protein_counts": protein}
+    vae.set_background_prior("protein", protein)
+    prior = vae.decoders[1].mixture
+    np.testing.assert_allclose(np.expm1(np.asarray(prior["prior_mean"][...])), 5.0, rtol=0.3)
+    out, _, _ = vae.apply(data, {}, None)
+    assert np.isfinite(float(out["elbo_loss"])) and out["protein_reconstructed"].shape == (n, 12)
+    # the background latent's KL is part of the KL term: it varies with the prior
+    vae.eval()
+    t = vae.terms(data)
+    prior["prior_mean"][...] = prior["prior_mean"][...] + 3.0
+    assert float(jnp.mean(vae.terms(data)["kl"])) > float(jnp.mean(t["kl"])) + 1.0
+    vae.train()
+    grads = nnx.grad(lambda m: m.loss(data))(vae)
+    leaves = jax.tree.leaves(grads.decoders[1].mixture)
+    assert len(leaves) == 8  # three layers' weights and biases, the prior's mean and sd
+    for leaf in leaves:
+        assert bool(jnp.all(jnp.isfinite(leaf))) and float(jnp.abs(leaf).max()) > 0
+    with pytest.raises(ConfigError, match="nb_mixture"):
+        vae.set_background_prior("rna", data["rna_counts"])
 
 
 # --- the operator ---------------------------------------------------------------------------

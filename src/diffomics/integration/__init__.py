@@ -9,6 +9,7 @@ from diffomics.integration._metrics import label_silhouette as label_silhouette
 from diffomics.integration._poe import gaussian_kl as gaussian_kl
 from diffomics.integration._poe import product_of_experts as product_of_experts
 from diffomics.integration._poe import symmetric_gaussian_kl as symmetric_gaussian_kl
+from diffomics.integration._priors import protein_background_prior as protein_background_prior
 
 __all__ = [
     "IntegrationModel",
@@ -19,5 +20,6 @@ __all__ = [
     "knn_label_accuracy",
     "label_silhouette",
     "product_of_experts",
+    "protein_background_prior",
     "symmetric_gaussian_kl",
 ]

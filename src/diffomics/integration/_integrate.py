@@ -187,7 +187,7 @@ class IntegrationModel:
             else:
                 cell = np.full(len(x), np.log(library) - np.log1p(-min(library, 1 - 1e-7)))
             cell = cell.astype(np.float32)[:, None]
-        _, mean = decoder(z, batch, x, lib, cell)
+        _, mean, _ = decoder(z, batch, x, lib, cell)
         mean = np.asarray(mean)
         if target in self.scales:
             center, sd = self.scales[target]
@@ -451,6 +451,9 @@ def integrate(
     module = DifferentiableMultiOmicsVAE(config, rngs=nnx.Rngs(params=seed, noise=seed + 1,
                                                                dropout=seed + 2))  # fmt: skip
     module._check(inputs)
+    for name, lik in zip(names, config.likelihood_list, strict=True):
+        if lik == "nb_mixture":  # totalVI's empirical background prior
+            module.set_background_prior(name, matrices[name][masks[name] > 0])
 
     n = len(cells)
     rng = np.random.default_rng(seed)

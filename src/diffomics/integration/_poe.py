@@ -46,12 +46,18 @@ def product_of_experts(
     return mean, -jnp.log(joint_precision)
 
 
-def gaussian_kl(mean: Array, logvar: Array) -> Array:
-    """``KL(N(mean, exp(logvar)) || N(0, I))`` per row, summed over the last axis.
+def gaussian_kl(
+    mean: Array, logvar: Array, prior_mean: Array | float = 0.0, prior_logvar: Array | float = 0.0
+) -> Array:
+    """``KL(N(mean, exp(logvar)) || N(prior_mean, exp(prior_logvar)))`` per row.
+
+    Diagonal Gaussians, summed over the last axis; the prior defaults to N(0, I).
 
     Args:
       mean: `(..., latent_dim)` posterior means.
       logvar: same shape, posterior log-variances.
+      prior_mean: prior means, broadcastable to `mean`.
+      prior_logvar: prior log-variances, broadcastable to `mean`.
 
     Returns:
       `(...)` KL divergences in nats.
@@ -59,8 +65,14 @@ def gaussian_kl(mean: Array, logvar: Array) -> Array:
     Examples:
       >>> float(gaussian_kl(jnp.zeros((1, 3)), jnp.zeros((1, 3)))[0])
       0.0
+      >>> float(gaussian_kl(jnp.ones((1, 1)), jnp.zeros((1, 1)), 1.0, 0.0)[0])
+      0.0
     """
-    return 0.5 * jnp.sum(jnp.exp(logvar) + mean**2 - 1.0 - logvar, axis=-1)
+    ratio = jnp.exp(logvar - prior_logvar)
+    return 0.5 * jnp.sum(
+        ratio + (mean - prior_mean) ** 2 * jnp.exp(-prior_logvar) - 1.0 - logvar + prior_logvar,
+        axis=-1,
+    )
 
 
 def symmetric_gaussian_kl(mean1: Array, logvar1: Array, mean2: Array, logvar2: Array) -> Array:

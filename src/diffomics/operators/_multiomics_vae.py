@@ -22,6 +22,7 @@ from diffomics.core._likelihoods import (
     bernoulli_log_prob,
     gaussian_log_prob,
     nb_log_prob,
+    nb_mixture_log_prob,
     poisson_log_prob,
     zinb_log_prob,
 )
@@ -37,10 +38,10 @@ __all__ = [
 ]
 
 #: Observation models per modality.
-MODALITY_LIKELIHOODS = ("nb", "zinb", "poisson", "bernoulli", "gaussian")
+MODALITY_LIKELIHOODS = ("nb", "zinb", "nb_mixture", "poisson", "bernoulli", "gaussian")
 #: Penalties on the distance between the single-modality posteriors of a cell.
 MODALITY_PENALTIES = ("jeffreys", "none")
-_COUNT_LIKELIHOODS = ("nb", "zinb", "poisson")
+_COUNT_LIKELIHOODS = ("nb", "zinb", "poisson", "nb_mixture")
 _DEFAULT_LIKELIHOOD = {"rna": "nb", "atac": "bernoulli", "protein": "nb", "adt": "nb"}
 
 
@@ -63,6 +64,11 @@ class MultiOmicsVAEConfig(OperatorConfig):
         modalities and ``modality_<i>`` otherwise.
       likelihoods: one of `MODALITY_LIKELIHOODS` per modality; default by name (rna,
         protein: ``"nb"``; atac: ``"bernoulli"`` on binarised peaks; others: ``"gaussian"``).
+        ``"nb_mixture"`` is totalVI's protein model: a background NB whose log mean is a
+        latent variable per cell and feature (Gaussian posterior from the decoder, KL to a
+        learned per-feature prior, see `DifferentiableMultiOmicsVAE.
+        set_background_prior`) and a foreground NB at least as large, mixed per entry;
+        its means are not scaled by the library size.
       n_layers: hidden layers in each encoder and decoder.
       n_batches: number of batch categories (0: none); the one-hot batch is concatenated to
         every encoder and decoder input.
@@ -209,21 +215,36 @@ class _Decoder(nnx.Module):
         self.feature_param = nnx.Param(jnp.zeros((n_out,)))
         self.cell_factor = _mlp(n_out + c.n_batches, c.hidden_dim, 1, rngs) if bernoulli else None
         self.cell_head = nnx.Linear(c.hidden_dim, 1, rngs=rngs) if bernoulli else None
+        # nb_mixture (totalVI): `head` gives the background log mean, whose prior per
+        # feature is N(prior_mean, exp(prior_log_sd) ** 2)
+        mixture = likelihood == "nb_mixture"
+        self.mixture = nnx.Dict(
+            background_log_sd=nnx.Linear(c.hidden_dim, n_out, rngs=rngs),
+            foreground_scale=nnx.Linear(c.hidden_dim, n_out, rngs=rngs),
+            background_logits=nnx.Linear(c.hidden_dim, n_out, rngs=rngs),
+            prior_mean=nnx.Param(jnp.zeros((n_out,))),
+            prior_log_sd=nnx.Param(jnp.zeros((n_out,))),
+        ) if mixture else None  # fmt: skip
 
     def cell_logit(self, x, batch):
         """Bernoulli decoders: logit of each cell's accessibility factor, `(n_cells, 1)`."""
         return self.cell_head(self.cell_factor(jnp.concatenate([x, batch], axis=-1)))
 
-    def __call__(self, z, batch, x, library, cell_logit=None):
-        """``(log_likelihood per cell, expected value)`` of the observations `x`.
+    def __call__(self, z, batch, x, library, cell_logit=None, key=None):
+        """``(log_likelihood per cell, expected value, extra KL per cell)`` of `x`.
 
         `library` scales count likelihoods; `cell_logit` replaces the Bernoulli cell factor
-        read from `x` (for predictions that must not read the target).
+        read from `x` (for predictions that must not read the target). ``nb_mixture``
+        samples its background log mean with `key` (its posterior mean without one) and
+        returns that latent's KL to its prior; the other likelihoods return 0.
         """
         h = self.body(jnp.concatenate([z, batch], axis=-1))
         out = self.head(h)
         lik = self.likelihood
-        if lik in _COUNT_LIKELIHOODS:
+        kl = jnp.zeros(out.shape[:-1], out.dtype)
+        if lik == "nb_mixture":
+            ll, mean, kl = self._mixture(h, out, x, key)
+        elif lik in _COUNT_LIKELIHOODS:
             mean = library[:, None] * jax.nn.softmax(out, axis=-1)
             if lik == "poisson":
                 ll = poisson_log_prob(x, mean)
@@ -245,7 +266,28 @@ class _Decoder(nnx.Module):
         else:
             ll = gaussian_log_prob(x, out, jnp.exp(self.feature_param[...]))
             mean = out
-        return jnp.sum(ll, axis=-1), mean
+        return jnp.sum(ll, axis=-1), mean, kl
+
+    def _mixture(self, h, log_mean, x, key):
+        # totalVI (Gayoso et al. 2021): log beta ~ N(head, sd) per cell and feature; the
+        # foreground mean is beta * (1 + relu(.)) >= beta; an entry is background with
+        # probability sigmoid(logits). The log sd is clipped as the encoders' log variance.
+        m = self.mixture
+        log_sd = jnp.clip(m["background_log_sd"](h), -5.0, 5.0)
+        log_background = log_mean
+        if key is not None:
+            noise = jax.random.normal(key, log_mean.shape, log_mean.dtype)
+            log_background = log_mean + jnp.exp(log_sd) * noise
+        # the cap keeps exp finite in float32 (e^30 ~ 1e13 counts, far above any antibody)
+        background = jnp.exp(jnp.minimum(log_background, 30.0))
+        foreground = background * (1.0 + jax.nn.relu(m["foreground_scale"](h)) + 1e-8)
+        logits = m["background_logits"](h)
+        theta = jnp.exp(self.feature_param[...])
+        ll = nb_mixture_log_prob(x, background, foreground, theta, logits)
+        mean = jax.nn.sigmoid(logits) * background + jax.nn.sigmoid(-logits) * foreground
+        prior_mean, prior_log_sd = m["prior_mean"][None, :], m["prior_log_sd"][None, :]
+        kl = gaussian_kl(log_mean, 2.0 * log_sd, prior_mean, 2.0 * prior_log_sd)
+        return ll, mean, kl
 
 
 class DifferentiableMultiOmicsVAE(Operator):
@@ -327,6 +369,37 @@ class DifferentiableMultiOmicsVAE(Operator):
             return jnp.ones((n,))
         return n * jax.nn.softmax(self.weight_logits[...])
 
+    def set_background_prior(self, name: str, counts) -> None:
+        """Set an ``nb_mixture`` modality's background prior from its counts, in place.
+
+        totalVI's empirical prior: per feature, the mean and sd of the lower component of
+        a two-component Gaussian mixture on ``log1p(counts)``
+        (`diffomics.integration.protein_background_prior`). Call it before training;
+        the prior is learned from there.
+
+        Args:
+          name: a modality of ``config.names`` with the ``"nb_mixture"`` likelihood.
+          counts: `(n_cells, modality_dims[m])` counts of that modality.
+        """
+        from diffomics.integration._priors import protein_background_prior
+
+        c = self.config
+        if name not in c.names or c.likelihood_list[c.names.index(name)] != "nb_mixture":
+            msg = f"name must be a modality with the 'nb_mixture' likelihood; found {name!r}."
+            raise ConfigError(msg)
+        m = c.names.index(name)
+        if np.shape(counts)[1:] != (c.modality_dims[m],):
+            msg = (
+                f"counts must have shape (n_cells, {c.modality_dims[m]}); "
+                f"found {np.shape(counts)}."
+            )
+            raise ShapeError(msg)
+        mean, sd = protein_background_prior(counts)
+        prior = self.decoders[m].mixture
+        prior["prior_mean"][...] = jnp.asarray(mean, prior["prior_mean"][...].dtype)
+        log_sd = np.clip(np.log(sd), -5.0, 5.0)  # the range of the posterior's log sd
+        prior["prior_log_sd"][...] = jnp.asarray(log_sd, prior["prior_log_sd"][...].dtype)
+
     def _check(self, data: Mapping[str, Any]) -> None:
         c = self.config
         n_cells = None
@@ -386,7 +459,8 @@ class DifferentiableMultiOmicsVAE(Operator):
 
         Returns:
           dict with ``log_likelihood`` `(n_modalities, n_cells)` (0 where masked), ``kl``
-          `(n_cells,)`, ``mask``, ``mean``, ``logvar``, ``z`` and ``reconstructed`` (list);
+          `(n_cells,)` (of the latent, plus that of ``nb_mixture`` background latents),
+          ``mask``, ``mean``, ``logvar``, ``z`` and ``reconstructed`` (list);
           with ``unimodal_elbo``, ``unimodal``: per modality ``(log_likelihood, kl)`` of its
           own posterior; with ``modality_penalty="jeffreys"``, ``modality_penalty``
           `(n_cells,)`: the summed symmetric KL between the single-modality posteriors of
@@ -398,15 +472,18 @@ class DifferentiableMultiOmicsVAE(Operator):
         means, logvars = jnp.stack(means), jnp.stack(logvars)
         mean, logvar = product_of_experts(means, logvars, masks)
 
-        def decode(mu, lv):
-            key = self.rngs.noise() if "noise" in self.rngs else self.rngs.default()
-            z = mu + jnp.exp(0.5 * lv) * jax.random.normal(key, mu.shape)
-            outs = [dec(z, batch, x, lib)
-                    for dec, x, lib in zip(self.decoders, xs, libraries, strict=True)]  # fmt: skip
-            return z, jnp.stack([o[0] for o in outs]) * masks, [o[1] for o in outs]
+        def draw():
+            return self.rngs.noise() if "noise" in self.rngs else self.rngs.default()
 
-        z, ll, recon = decode(mean, logvar)
-        out = {"log_likelihood": ll, "kl": gaussian_kl(mean, logvar), "mask": masks,
+        def decode(mu, lv):
+            z = mu + jnp.exp(0.5 * lv) * jax.random.normal(draw(), mu.shape)
+            outs = [dec(z, batch, x, lib, key=None if dec.mixture is None else draw())
+                    for dec, x, lib in zip(self.decoders, xs, libraries, strict=True)]  # fmt: skip
+            extra_kl = jnp.sum(jnp.stack([o[2] for o in outs]) * masks, axis=0)
+            return z, jnp.stack([o[0] for o in outs]) * masks, [o[1] for o in outs], extra_kl
+
+        z, ll, recon, extra_kl = decode(mean, logvar)
+        out = {"log_likelihood": ll, "kl": gaussian_kl(mean, logvar) + extra_kl, "mask": masks,
                "mean": mean, "logvar": logvar, "z": z, "reconstructed": recon}  # fmt: skip
         n_mod = len(xs)
         c = self.config
@@ -419,8 +496,8 @@ class DifferentiableMultiOmicsVAE(Operator):
         if c.unimodal_elbo:
             single = []
             for m, (mu_m, lv_m) in enumerate(posteriors):
-                _, ll_m, _ = decode(mu_m, lv_m)
-                single.append((ll_m, gaussian_kl(mu_m, lv_m) * masks[m]))
+                _, ll_m, _, extra_m = decode(mu_m, lv_m)
+                single.append((ll_m, gaussian_kl(mu_m, lv_m) * masks[m] + extra_m))
             out["unimodal"] = single
         if c.modality_penalty == "jeffreys":
             penalty = jnp.zeros_like(out["kl"])
@@ -525,7 +602,7 @@ def gradnorm_step(model: DifferentiableMultiOmicsVAE, data, initial_losses: Arra
     w = model.modality_weights()
 
     def modality_loss(zz, m):
-        ll, _ = model.decoders[m](zz, batch, xs[m], libraries[m])
+        ll, _, _ = model.decoders[m](zz, batch, xs[m], libraries[m])
         return -jnp.sum(ll * masks[m]) / jnp.maximum(jnp.sum(masks[m]), 1.0)
 
     losses = jnp.stack([modality_loss(z, m) for m in range(len(xs))])
