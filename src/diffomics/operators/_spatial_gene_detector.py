@@ -154,6 +154,7 @@ class DifferentiableSpatialGeneDetector(Operator):
         if data.get(K.TOTAL_COUNTS) is not None:
             totals = jnp.asarray(data[K.TOTAL_COUNTS])
             check_matrix(totals, K.TOTAL_COUNTS, ndim=1, shape=(coords.shape[0],))
+            check_finite(totals, K.TOTAL_COUNTS)
             if not is_traced(totals) and bool(jnp.any(totals <= 0)):
                 msg = f"{K.TOTAL_COUNTS} must be > 0 for every spot (its log is regressed out)."
                 raise CountsError(msg)
@@ -182,7 +183,11 @@ class DifferentiableSpatialGeneDetector(Operator):
         shrink = signal / (signal + jnp.exp(self.log_noise_variance[...]))
         smooth_z = u @ (shrink[:, None] * (u.T @ z))
         mean = jnp.mean(y, axis=0, keepdims=True)
-        sd = jnp.std(y, axis=0, keepdims=True)
+        # sd = s std(y / s) with s the gene's largest |value|: y**2 overflows float32 for
+        # values of 1e20 and more; the product does not depend on s, so its gradient is stopped
+        s_y = jax.lax.stop_gradient(jnp.max(jnp.abs(y), axis=0, keepdims=True))
+        s_y = jnp.where(s_y > 0, s_y, 1.0)
+        sd = s_y * jnp.std(y / s_y, axis=0, keepdims=True)
         smoothed = mean + sd * smooth_z
         if self.smoother is not None:
             centred = coords - jnp.mean(coords, axis=0, keepdims=True)

@@ -99,6 +99,10 @@ def standardize(y: Array) -> tuple[Array, Array]:
       >>> z.tolist(), const.tolist()
       ([[-1.0, 0.0], [1.0, 0.0]], [False, True])
     """
+    # each gene is first divided by its largest |value| (the result does not depend on it,
+    # so its gradient is stopped): squares of 1e30 overflow float32 and of 1e-30 underflow
+    scale = jax.lax.stop_gradient(jnp.max(jnp.abs(y), axis=0, keepdims=True))
+    y = y / jnp.where(scale > 0, scale, 1.0)
     centred = y - jnp.mean(y, axis=0, keepdims=True)
     sd = jnp.sqrt(jnp.mean(centred**2, axis=0))
     constant = sd <= 1e-12 * (1.0 + jnp.max(jnp.abs(y), axis=0))

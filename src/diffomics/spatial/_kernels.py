@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import scipy.linalg
@@ -97,13 +98,25 @@ def kernel_matrix(
              [0.607, 1.   ]], dtype=float32)
     """
     if kernel == "linear":
-        k = a @ (a if b is None else b).T
+        # the coordinates are divided by their largest |value| first (k / max k does not
+        # change) so that products of coordinates of 1e20 do not overflow float32
+        scale = jax.lax.stop_gradient(jnp.max(jnp.abs(a)))
+        a = a / jnp.where(scale > 0, scale, 1.0)
+        b = a if b is None else b / jnp.where(scale > 0, scale, 1.0)
+        k = a @ b.T
         return k / jnp.max(k)
-    r2 = squared_distances(a, b)
+    # distances in lengthscales, from centred coordinates: float32 then neither overflows
+    # nor underflows for coordinates of 1e20 or 1e-20 with a lengthscale of their order,
+    # and a large offset (pixel coordinates) does not cancel the digits of nearby spots
+    centre = jax.lax.stop_gradient(jnp.mean(a, axis=0, keepdims=True))
+    a_l = (a - centre) / lengthscale
+    r2 = squared_distances(a_l, None if b is None else (b - centre) / lengthscale)
+    # pairs more than ~1e19 lengthscales apart overflow (inf - inf): they are infinitely far
+    r2 = jnp.where(jnp.isnan(r2), jnp.inf, r2)
     if kernel == "se":
-        return jnp.exp(-r2 / (2.0 * lengthscale**2))
+        return jnp.exp(-r2 / 2.0)
     if kernel == "periodic":
-        return jnp.cos(2.0 * jnp.pi * jnp.sqrt(r2 + 1e-12) / lengthscale)
+        return jnp.cos(2.0 * jnp.pi * jnp.sqrt(r2 + 1e-12))
     msg = f"kernel must be one of {list(KERNELS)}; found {kernel!r}."
     raise ConfigError(msg)
 
@@ -159,7 +172,7 @@ def lengthscale_grid(coords: np.ndarray, *, n: int = 10) -> np.ndarray:
     d_min = cKDTree(distinct).query(distinct, k=2)[0][:, 1].min()
     try:
         hull = distinct[ConvexHull(distinct).vertices]
-    except QhullError:  # collinear points: every point is on the "hull"
+    except (QhullError, ValueError):  # collinear points or 1-d coordinates: take them all
         hull = distinct
     diff = hull[:, None, :] - hull[None, :, :]
     d_max = np.sqrt((diff**2).sum(-1).max())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 from jax import Array
 
@@ -44,9 +45,16 @@ def stabilize(counts: Array) -> tuple[Array, Array]:
     """
     check_counts(counts, "counts", row_name="spot", allow_empty_rows=True)
     x = jnp.asarray(counts)
-    mean = jnp.mean(x, axis=0)
-    var = jnp.var(x, axis=0, ddof=1)
-    phi = jnp.maximum(jnp.sum(mean**2 * (var - mean)) / jnp.sum(mean**4), 1e-8)
+    # phi = sum m^2 (v - m) / sum m^4 is computed on x / s (s the largest gene mean), where
+    # it reads sum m'^2 (v' - m' / s) / sum m'^4: the fourth powers neither overflow float32
+    # for large counts (1e30) nor underflow for tiny values; no counts at all give the floor
+    s = jax.lax.stop_gradient(jnp.max(jnp.mean(x, axis=0)))
+    s = jnp.where(s > 0, s, 1.0)
+    mean = jnp.mean(x / s, axis=0)
+    var = jnp.var(x / s, axis=0, ddof=1)
+    denominator = jnp.sum(mean**4)
+    ratio = jnp.sum(mean**2 * (var - mean / s)) / jnp.where(denominator > 0, denominator, 1.0)
+    phi = jnp.maximum(ratio, 1e-8)
     return jnp.log1p(2.0 * phi * x) / (2.0 * phi), phi
 
 
@@ -75,5 +83,9 @@ def regress_out(values: Array, covariate: Array) -> Array:
     c = jnp.broadcast_to(c[:, None] if c.ndim == 1 else c, y.shape)
     centred = c - jnp.mean(c, axis=0, keepdims=True)
     resid = y - jnp.mean(y, axis=0, keepdims=True)
-    beta = jnp.sum(centred * resid, axis=0) / jnp.sum(centred**2, axis=0)
+    spread = jnp.sum(centred**2, axis=0)
+    # a constant covariate (one gene: no "other genes"; equal totals) has no effect to remove
+    beta = jnp.where(spread > 0, jnp.sum(centred * resid, axis=0), 0.0) / jnp.where(
+        spread > 0, spread, 1.0
+    )
     return y - c * beta[None, :]

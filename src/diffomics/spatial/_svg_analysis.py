@@ -55,6 +55,9 @@ def _coordinates(adata: ad.AnnData, spatial_key: str) -> np.ndarray:
     if coords.shape[0] < 3:
         msg = f"spatial_genes needs at least 3 spots; found {coords.shape[0]}."
         raise ShapeError(msg)
+    if np.unique(coords, axis=0).shape[0] < 2:
+        msg = f"adata.obsm[{spatial_key!r}] holds one position for every spot; nothing is spatial."
+        raise ShapeError(msg)
     return coords[:, :2] if coords.shape[1] > 2 else coords
 
 
