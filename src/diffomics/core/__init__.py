@@ -1,4 +1,4 @@
-"""Core: errors, input checks, likelihoods, the operator base and the fitting loop."""
+"""Core: errors, input checks, likelihoods, the operator base, the fitting loop and sharding."""
 
 from diffomics.core._checks import check_counts as check_counts
 from diffomics.core._checks import check_finite as check_finite
@@ -20,8 +20,16 @@ from diffomics.core._multiple_testing import storey_pi0 as storey_pi0
 from diffomics.core._numerics import safe_eigh as safe_eigh
 from diffomics.core._operator import Operator as Operator
 from diffomics.core._operator import OperatorConfig as OperatorConfig
+from diffomics.core._sharding import DATA_AXIS as DATA_AXIS
+from diffomics.core._sharding import data_mesh as data_mesh
+from diffomics.core._sharding import pad_rows as pad_rows
+from diffomics.core._sharding import padded_size as padded_size
+from diffomics.core._sharding import replicate as replicate
+from diffomics.core._sharding import row_weights as row_weights
+from diffomics.core._sharding import shard_rows as shard_rows
 
 __all__ = [
+    "DATA_AXIS",
     "ConfigError",
     "CountsError",
     "DataIntegrityError",
@@ -36,10 +44,16 @@ __all__ = [
     "check_counts",
     "check_finite",
     "check_matrix",
+    "data_mesh",
     "fit",
     "gaussian_log_prob",
     "nb_log_prob",
+    "pad_rows",
+    "padded_size",
     "poisson_log_prob",
+    "replicate",
+    "row_weights",
     "safe_eigh",
+    "shard_rows",
     "storey_pi0",
 ]

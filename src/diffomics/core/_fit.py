@@ -9,7 +9,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import numpy as np
@@ -19,6 +19,10 @@ from tqdm.auto import tqdm
 
 from diffomics.core._checks import check_positive
 from diffomics.core._errors import ConfigError
+from diffomics.core._sharding import replicate
+
+if TYPE_CHECKING:
+    from jax.sharding import Mesh
 
 __all__ = ["FitResult", "fit"]
 
@@ -60,6 +64,14 @@ def _load_checkpoint(path: Path, tree):
     return jax.tree_util.tree_unflatten(treedef, restored), history, flat
 
 
+def _on_mesh(a, mesh: Mesh):
+    """`a` as it is when already placed on `mesh`, else replicated on it."""
+    sharding = getattr(a, "sharding", None)
+    if getattr(sharding, "mesh", None) == mesh:
+        return a
+    return replicate(a, mesh)
+
+
 @dataclasses.dataclass(frozen=True)
 class FitResult:
     """What `fit` did.
@@ -92,6 +104,7 @@ def fit(
     progress: bool | None = None,
     wrt: nnx.filterlib.Filter = nnx.Param,
     checkpoint: str | os.PathLike | None = None,
+    mesh: Mesh | None = None,
 ) -> FitResult:
     """Minimise ``loss_fn(model, *args)`` over the model's parameters with Adam, in place.
 
@@ -117,6 +130,11 @@ def fit(
         start, fitting resumes from it. Fitting is deterministic, so a fit that was killed
         and resumed ends with the same numbers as one that ran through (the file is left
         in place; delete it to start afresh).
+      mesh: a device mesh (`diffomics.core.data_mesh`) for data-parallel fitting. The
+        parameters and the optimiser state are replicated on every device; arrays of `args`
+        already sharded on `mesh` (`diffomics.core.shard_rows`) stay sharded and the others
+        are replicated. XLA partitions each step by the data's rows and sums the gradients
+        over devices itself. None (default) leaves every array where it is.
 
     Returns:
       A `FitResult`.
@@ -154,6 +172,9 @@ def fit(
     if path is not None and path.exists():
         (params, opt_state), history, flat = _load_checkpoint(path, (params, opt_state))
         converged = flat >= patience
+    if mesh is not None:
+        params, opt_state = replicate((params, opt_state), mesh)
+        args = jax.tree.map(lambda a: _on_mesh(a, mesh), args)
     compile_seconds = fit_seconds = 0.0
     done = len(history) // steps_per_check
     with tqdm(total=n_chunks * steps_per_check, initial=done * steps_per_check,

@@ -25,8 +25,11 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from diffomics.core._errors import ConfigError, MissingKeyError, ShapeError
+from diffomics.core._sharding import pad_rows, padded_size, replicate, shard_rows
 
 if TYPE_CHECKING:
+    from jax.sharding import Mesh
+
     from diffomics.operators._multiomics_vae import DifferentiableMultiOmicsVAE
 
 __all__ = ["IntegrationModel", "integrate"]
@@ -242,19 +245,42 @@ def _adam(learning_rate: float) -> optax.GradientTransformation:
 
 
 @nnx.jit
-def _train_step(model, opt, batch_data, kl_scale):
+def _train_step(model, opt, batch_data, kl_scale, scale):
+    """One Adam step on ``scale * loss`` (`scale` undoes the padding's share of the mean)."""
     model.train()
-    loss, grads = nnx.value_and_grad(lambda m: m.loss(batch_data, kl_scale=kl_scale))(model)
+    loss, grads = nnx.value_and_grad(
+        lambda m: scale * m.loss(batch_data, kl_scale=kl_scale)
+    )(model)
     opt.update(model, grads)
     return loss
 
 
 @nnx.jit
-def _eval_loss(model, batch_data):
+def _eval_loss(model, batch_data, scale):
     """``(loss, reconstruction loss)`` per cell at full KL weight, one forward pass."""
     model.eval()
     terms = model.terms(batch_data)
-    return model.loss_from_terms(terms), model.reconstruction_loss_from_terms(terms)
+    return (scale * model.loss_from_terms(terms),
+            scale * model.reconstruction_loss_from_terms(terms))  # fmt: skip
+
+
+def _place(batch_data: dict, names, mesh: Mesh | None) -> tuple[dict, np.float32]:
+    """A minibatch split over the devices of `mesh`, and the factor that undoes its padding.
+
+    Cells are padded to a multiple of the device count with copies of the last cell whose
+    modality masks are 0: such a cell has no likelihood term and its joint posterior is the
+    prior (KL 0), so it adds exactly 0 to every sum of the loss, and multiplying the mean
+    over the padded cells by ``n_padded / n_cells`` gives the mean over the real ones.
+    """
+    if mesh is None:
+        return batch_data, np.float32(1.0)
+    n = len(next(iter(batch_data.values())))
+    n_padded = padded_size(n, mesh)
+    padded = {k: pad_rows(v, n_padded) for k, v in batch_data.items()}
+    for name in names:
+        padded[f"{name}_mask"] = padded[f"{name}_mask"].copy()
+        padded[f"{name}_mask"][n:] = 0.0
+    return {k: shard_rows(v, mesh) for k, v in padded.items()}, np.float32(n_padded / n)
 
 
 def _copy_state(module):
@@ -315,6 +341,7 @@ def integrate(
     min_delta: float = 0.0,
     seed: int = 0,
     progress: bool | None = None,
+    mesh: Mesh | None = None,
 ) -> IntegrationModel:
     """Integrate paired (or mosaic) modalities into one latent space with the multi-omics VAE.
 
@@ -373,6 +400,12 @@ def integrate(
         as an improvement (>= 0; scvi-tools' default 0).
       seed: seeds initialisation, shuffling, the split and the sampling noise.
       progress: progress bar (None: only on a terminal).
+      mesh: a device mesh (`diffomics.core.data_mesh`) for data-parallel training: every
+        minibatch (and validation chunk) is split over its devices, padded to a multiple of
+        their number with cells whose modality masks are 0 (they add nothing to the loss),
+        and the parameters and optimiser state are replicated; XLA sums the gradients over
+        devices. The result equals the one-device run up to float32 rounding, which
+        training amplifies over many epochs. None (default): no placement.
 
     Returns:
       An `IntegrationModel`.
@@ -464,6 +497,9 @@ def integrate(
     take = lambda idx: {k: v[idx] for k, v in inputs.items()}  # noqa: E731
 
     optimizer = nnx.Optimizer(module, _adam(learning_rate), wrt=nnx.Param)
+    if mesh is not None:  # parameters, optimiser state and random keys on every device
+        nnx.update(module, replicate(nnx.state(module), mesh))
+        nnx.update(optimizer, replicate(nnx.state(optimizer), mesh))
     gradnorm = nnx.jit(gradnorm_step) if use_gradnorm else None
     initial = None
     history = []
@@ -478,8 +514,9 @@ def integrate(
         perm = rng.permutation(train_idx)
         losses = []
         for b in range(len(perm) // batch_size):
-            batch_data = take(perm[b * batch_size : (b + 1) * batch_size])
-            loss = _train_step(module, optimizer, batch_data, np.float32(kl_scale))
+            batch_data, scale = _place(take(perm[b * batch_size : (b + 1) * batch_size]),
+                                       names, mesh)  # fmt: skip
+            loss = _train_step(module, optimizer, batch_data, np.float32(kl_scale), scale)
             losses.append(float(loss))
             if gradnorm is not None:
                 if initial is None:
@@ -487,7 +524,7 @@ def integrate(
                     initial = -(t["log_likelihood"].sum(1) / t["mask"].sum(1).clip(1))
                 gradnorm(module, batch_data, initial)
         if n_val:
-            chunks = [_eval_loss(module, take(val_idx[s : s + 1024]))
+            chunks = [_eval_loss(module, *_place(take(val_idx[s : s + 1024]), names, mesh))
                       for s in range(0, n_val, 1024)]  # fmt: skip
             val_elbo, val_rec = (float(np.mean([float(c[k]) for c in chunks])) for k in (0, 1))
         else:  # too few cells to hold any out: the training loss

@@ -157,7 +157,9 @@ class SpatialDeconvolution(Operator):
         check_counts(reference, K.REFERENCE_PROFILES, row_name="cell type")
         return x, reference
 
-    def _forward(self, data: Mapping[str, Any]) -> dict[str, Array]:
+    def _forward(
+        self, data: Mapping[str, Any], spot_weight: Array | None = None
+    ) -> dict[str, Array]:
         x, reference = self._inputs(data)
         c = self.config
         logits = self.encoder(log_relative_expression(x)) if c.mode == "amortized" else self.logits
@@ -170,6 +172,7 @@ class SpatialDeconvolution(Operator):
             self.platform_effect(),
             self.background_fraction(),
             likelihood=c.likelihood,
+            spot_weight=spot_weight,
         )
         return {
             "x": x,
@@ -195,13 +198,24 @@ class SpatialDeconvolution(Operator):
         """Mean composition of the proportion prior (the bulk composition), `(n_cell_types,)`."""
         return jax.nn.softmax(self.bulk_logits[...])
 
-    def outputs(self, data: Mapping[str, Any]) -> dict[str, Array]:
-        """Proportions, reconstructed expression and spot scale for the spots in `data`."""
-        out = self._forward(data)
+    def outputs(
+        self, data: Mapping[str, Any], *, spot_weight: Array | None = None
+    ) -> dict[str, Array]:
+        """Proportions, reconstructed expression and spot scale for the spots in `data`.
+
+        `spot_weight` (`(n_spots,)`, 0 for padding rows) weighs the spots in the gene means
+        of the background; None weighs all by 1.
+        """
+        out = self._forward(data, spot_weight)
         return {k: out[k] for k in (K.PROPORTIONS, K.RECONSTRUCTED, K.SPOT_SCALE)}
 
     def loss(
-        self, data: Mapping[str, Any], *, edges: Array | None = None, spatial_prior: float = 0.0
+        self,
+        data: Mapping[str, Any],
+        *,
+        edges: Array | None = None,
+        spatial_prior: float = 0.0,
+        spot_weight: Array | None = None,
     ) -> Array:
         """Negative log-posterior per spot (see `deconvolution_neg_log_posterior`).
 
@@ -209,11 +223,13 @@ class SpatialDeconvolution(Operator):
           data: dictionary with the operator's input keys.
           edges: spot graph from `diffomics.spatial.knn_graph`, `(n_edges, 2)`, for the CAR prior.
           spatial_prior: CAR precision on the centred log-ratio of proportions; 0 disables it.
+          spot_weight: `(n_spots,)`, 1 for real spots and 0 for the padding rows that make
+            spots divide over devices (`diffomics.core.row_weights`); None weighs all by 1.
 
         Returns:
           Scalar loss (nats per spot), differentiable in the parameters and in the inputs.
         """
-        out = self._forward(data)
+        out = self._forward(data, spot_weight)
         return deconvolution_neg_log_posterior(
             out["x"],
             out[K.RECONSTRUCTED],
@@ -225,14 +241,16 @@ class SpatialDeconvolution(Operator):
             proportion_prior=self.config.proportion_prior,
             edges=edges,
             spatial_prior=spatial_prior,
+            spot_weight=spot_weight,
         )
 
-    def bulk_loss(self, data: Mapping[str, Any]) -> Array:
+    def bulk_loss(self, data: Mapping[str, Any], *, spot_weight: Array | None = None) -> Array:
         """Negative log marginal likelihood of the bulk composition (platform effect integrated).
 
         See `diffomics.spatial.platform_effect_neg_log_marginal`; it involves only
         `BULK_PARAMS`. With ``platform_effect_scale=0`` it is a weighted least-squares fit of
-        the pooled spots by a mixture of the reference on the log scale.
+        the pooled spots by a mixture of the reference on the log scale. `spot_weight` as
+        in `loss`.
         """
         x, reference = self._inputs(data)
         return platform_effect_neg_log_marginal(
@@ -240,21 +258,29 @@ class SpatialDeconvolution(Operator):
             self.bulk_logits[...],
             reference,
             platform_effect_scale=self.config.platform_effect_scale,
+            spot_weight=spot_weight,
         )
 
-    def initialize_from_bulk(self, data: Mapping[str, Any]) -> None:
+    def initialize_from_bulk(
+        self, data: Mapping[str, Any], *, spot_weight: Array | None = None
+    ) -> None:
         """Set the platform effect and the starting proportions from the bulk fit.
 
         The platform effect becomes its posterior mean given the fitted bulk composition
         (`diffomics.spatial.platform_effect_posterior_mean`); in ``mode="direct"`` every
         spot starts at the bulk composition, which is also the mean of the proportion prior.
+        `spot_weight` as in `loss`.
         """
         x, reference = self._inputs(data)
         c = self.config
         bulk_logits = self.bulk_logits[...]
         if c.platform_effect_scale > 0:
             self.log_platform_effect[...] = platform_effect_posterior_mean(
-                x, bulk_logits, reference, platform_effect_scale=c.platform_effect_scale
+                x,
+                bulk_logits,
+                reference,
+                platform_effect_scale=c.platform_effect_scale,
+                spot_weight=spot_weight,
             )
         if c.mode == "direct":
             self.logits[...] = jnp.broadcast_to(c.temperature * bulk_logits, self.logits.shape)

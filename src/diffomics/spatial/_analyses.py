@@ -16,6 +16,7 @@ from flax import nnx
 from diffomics.core._checks import check_choice, check_counts
 from diffomics.core._errors import MissingKeyError
 from diffomics.core._fit import FitResult, fit
+from diffomics.core._sharding import pad_rows, padded_size, row_weights, shard_rows
 from diffomics.operators._keys import DECONVOLUTION_KEYS as K
 from diffomics.spatial._graph import knn_graph
 from diffomics.spatial._reference import (
@@ -26,6 +27,8 @@ from diffomics.spatial._reference import (
 )
 
 if TYPE_CHECKING:
+    from jax.sharding import Mesh
+
     from diffomics.operators._spatial_deconvolution import SpatialDeconvolution
 
 __all__ = ["DeconvolutionResult", "deconvolve"]
@@ -85,6 +88,7 @@ def deconvolve(
     seed: int = 0,
     progress: bool | None = None,
     checkpoint: str | os.PathLike | None = None,
+    mesh: Mesh | None = None,
     key_added: str = "proportions",
 ) -> DeconvolutionResult:
     """Estimate the cell-type proportions of each spot from a labelled single-cell reference.
@@ -153,6 +157,12 @@ def deconvolve(
       checkpoint: ``.npz`` path where the spot fit saves its state after every chunk of
         steps and resumes from when the file exists (`diffomics.core.fit`): a run killed
         mid-fit and started again ends with the same proportions.
+      mesh: a device mesh (`diffomics.core.data_mesh`) to fit on several devices: the spots
+        are split over its devices (padded to a multiple of their number with weight-0
+        copies of the last spot, which change no sum) and the parameters replicated; XLA
+        sums the gradients over devices (`diffomics.core.fit`). The result equals the
+        one-device fit up to float32 rounding. In ``mode="direct"``, ``result.model`` then
+        holds logits for the padded spots too. None (default): no placement.
       key_added: where the results go in `spatial` (see Returns).
 
     Returns:
@@ -223,6 +233,14 @@ def deconvolve(
         background=background,
         proportion_prior=proportion_prior,
     )
+    n_spots = spatial.n_obs
+    weight = None
+    if mesh is not None:  # spots split over the devices; padding rows get weight 0
+        n_padded = padded_size(n_spots, mesh)
+        if n_padded > n_spots:
+            weight = shard_rows(row_weights(n_spots, n_padded), mesh)
+        x = shard_rows(pad_rows(x, n_padded), mesh)
+        config = dataclasses.replace(config, n_spots=n_padded if mode == "direct" else None)
     model = SpatialDeconvolution(config, rngs=nnx.Rngs(seed))
     spot_params = SPOT_PARAMS
     if likelihood == "nb":
@@ -231,29 +249,31 @@ def deconvolve(
         if dispersion == "reference":
             spot_params = nnx.All(SPOT_PARAMS, nnx.Not(nnx.PathContains("log_theta")))
     data = {
-        K.SPATIAL_EXPRESSION: jnp.asarray(x),
+        K.SPATIAL_EXPRESSION: x if mesh is not None else jnp.asarray(x),
         K.REFERENCE_PROFILES: jnp.asarray(profiles.to_numpy(np.float32)),
     }
 
     if learning_rate is None:
         learning_rate = 0.05 if mode == "direct" else 0.003
     settings = {"learning_rate": learning_rate, "max_steps": max_steps, "tol": tol}
-    fit(model, lambda m, d: m.bulk_loss(d), (data,), wrt=BULK_PARAMS, progress=False, **settings)
-    model.initialize_from_bulk(data)
+    settings["mesh"] = mesh
+    fit(model, lambda m, d, w: m.bulk_loss(d, spot_weight=w), (data, weight),
+        wrt=BULK_PARAMS, progress=False, **settings)  # fmt: skip
+    model.initialize_from_bulk(data, spot_weight=weight)
 
-    def loss_fn(m, d, e):
-        return m.loss(d, edges=e, spatial_prior=spatial_prior)
+    def loss_fn(m, d, e, w):
+        return m.loss(d, edges=e, spatial_prior=spatial_prior, spot_weight=w)
 
     fit_result = fit(
         model,
         loss_fn,
-        (data, edges),
+        (data, edges, weight),
         wrt=spot_params,
         progress=progress,
         checkpoint=checkpoint,
         **settings,
     )
-    out = model.outputs(data)
+    out = {k: v[:n_spots] for k, v in model.outputs(data, spot_weight=weight).items()}
     types = profiles.index.astype(str)
     proportions = pd.DataFrame(
         np.asarray(out[K.PROPORTIONS], dtype=np.float64), index=spatial.obs_names, columns=types

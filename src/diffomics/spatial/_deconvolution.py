@@ -47,6 +47,20 @@ __all__ = [
 _TINY = 1e-12
 
 
+def _spot_mean(v: Array, spot_weight: Array | None) -> Array:
+    """Mean over spots (axis 0) of `v`, weighted by `spot_weight` when given."""
+    if spot_weight is None:
+        return jnp.mean(v, axis=0)
+    return jnp.sum(spot_weight[:, None] * v, axis=0) / jnp.sum(spot_weight)
+
+
+def _spot_sum(v: Array, spot_weight: Array | None) -> Array:
+    """Sum over spots (axis 0) of `v`, weighted by `spot_weight` when given."""
+    if spot_weight is None:
+        return jnp.sum(v, axis=0)
+    return jnp.sum(spot_weight.reshape((-1,) + (1,) * (v.ndim - 1)) * v, axis=0)
+
+
 def spot_scale(x: Array, rate: Array, background: Array, *, likelihood: str) -> Array:
     """Per-spot scale given the per-unit rate and the additive background.
 
@@ -86,6 +100,7 @@ def deconvolution_mean(
     background_fraction: Array,
     *,
     likelihood: str,
+    spot_weight: Array | None = None,
 ) -> tuple[Array, Array]:
     """Expected spot expression under the deconvolution model.
 
@@ -98,6 +113,8 @@ def deconvolution_mean(
       background_fraction: additive background ``b`` per gene, shape `(n_genes,)`, >= 0, as a
         fraction of the gene's mean expression over the spots in `x`.
       likelihood: which scale estimator to use (see `spot_scale`).
+      spot_weight: weight of each spot in the gene means, shape `(n_spots,)`, 1 for real
+        spots and 0 for padding rows (`diffomics.core.row_weights`); None weighs all by 1.
 
     Returns:
       ``(mu, scale)``: the mean, shape `(n_spots, n_genes)` in the units of `x`, and the
@@ -112,13 +129,18 @@ def deconvolution_mean(
       (Array([[3., 1.]], dtype=float32), Array([4.], dtype=float32))
     """
     rate = platform_effect[None, :] * (proportions @ reference_profiles)
-    background = background_fraction * jnp.mean(x, axis=0)
+    background = background_fraction * _spot_mean(x, spot_weight)
     scale = spot_scale(x, rate, background, likelihood=likelihood)
     return scale[:, None] * rate + background[None, :], scale
 
 
 def deconvolution_log_likelihood(
-    x: Array, mu: Array, *, likelihood: str, theta: Array | None = None
+    x: Array,
+    mu: Array,
+    *,
+    likelihood: str,
+    theta: Array | None = None,
+    spot_weight: Array | None = None,
 ) -> Array:
     """Log-likelihood of each spot under the deconvolution model.
 
@@ -129,6 +151,8 @@ def deconvolution_log_likelihood(
         or ``"gaussian"`` (already normalised values; the per-gene variance is set to its
         maximum-likelihood value, the mean squared residual over spots).
       theta: NB inverse dispersion per gene, shape `(n_genes,)`; required for ``"nb"``.
+      spot_weight: weight of each spot in the Gaussian variance, shape `(n_spots,)` (0 for
+        padding rows); None weighs all by 1.
 
     Returns:
       Log-likelihood per spot in nats, shape `(n_spots,)`.
@@ -144,7 +168,7 @@ def deconvolution_log_likelihood(
     elif likelihood == "poisson":
         per_entry = poisson_log_prob(x, mu)
     else:
-        sigma = jnp.sqrt(jnp.mean((x - mu) ** 2, axis=0) + 1e-6)
+        sigma = jnp.sqrt(_spot_mean((x - mu) ** 2, spot_weight) + 1e-6)
         per_entry = gaussian_log_prob(x, mu, sigma)
     return jnp.sum(per_entry, axis=-1)
 
@@ -183,6 +207,7 @@ def deconvolution_neg_log_posterior(
     proportion_prior: float = 0.0,
     edges: Array | None = None,
     spatial_prior: float = 0.0,
+    spot_weight: Array | None = None,
 ) -> Array:
     """Negative log-posterior of the per-spot deconvolution, in nats per spot.
 
@@ -214,16 +239,23 @@ def deconvolution_neg_log_posterior(
       proportion_prior: Dirichlet concentration (pseudo-cells), >= 0.
       edges: spot graph from `knn_graph`, shape `(n_edges, 2)`; needed when `spatial_prior` > 0.
       spatial_prior: CAR precision, >= 0.
+      spot_weight: weight of each spot, shape `(n_spots,)`: 1 for real spots, 0 for the
+        padding rows that make spots divide over devices (`diffomics.core.row_weights`),
+        which then add nothing to the loss; None weighs all by 1.
 
     Returns:
       Scalar loss in nats per spot.
     """
-    n_spots = x.shape[0]
-    log_lik = jnp.sum(deconvolution_log_likelihood(x, mu, likelihood=likelihood, theta=theta))
+    n_spots = x.shape[0] if spot_weight is None else jnp.sum(spot_weight)
+    per_spot = deconvolution_log_likelihood(
+        x, mu, likelihood=likelihood, theta=theta, spot_weight=spot_weight
+    )
+    log_lik = _spot_sum(per_spot, spot_weight)
     log_prior = -jnp.sum(background_fraction) / background_mean
     if proportion_prior > 0:
-        log_prior += jnp.sum(
-            dirichlet_softmax_log_prob(log_proportions, log_prior_mean, proportion_prior)
+        log_prior += _spot_sum(
+            dirichlet_softmax_log_prob(log_proportions, log_prior_mean, proportion_prior),
+            spot_weight,
         )
     if spatial_prior > 0:
         clr = log_proportions - jnp.mean(log_proportions, axis=-1, keepdims=True)
@@ -237,6 +269,7 @@ def platform_effect_residual(
     reference_profiles: Array,
     *,
     platform_effect_scale: float,
+    spot_weight: Array | None = None,
 ) -> tuple[Array, Array, Array]:
     """Log-ratio of the pooled spots to a bulk mixture of the reference, and its variance.
 
@@ -251,6 +284,8 @@ def platform_effect_residual(
       log_bulk_proportions: logits of the bulk composition ``w``, shape `(n_cell_types,)`.
       reference_profiles: shape `(n_cell_types, n_genes)`, >= 0.
       platform_effect_scale: prior standard deviation of ``log m``, > 0.
+      spot_weight: weight of each spot in the pooled sum, shape `(n_spots,)` (0 for
+        padding rows); None weighs all by 1.
 
     Returns:
       ``(residual, variance, shrinkage)``, each shape `(n_genes,)`: the residual
@@ -258,7 +293,7 @@ def platform_effect_residual(
       ``platform_effect_scale^2 + 1 / X_g``, and the factor ``platform_effect_scale^2 /
       variance`` that turns a residual into the posterior mean of ``log m_g``.
     """
-    bulk = jnp.sum(x, axis=0)
+    bulk = _spot_sum(x, spot_weight)
     w = jnp.exp(log_bulk_proportions - jnp.max(log_bulk_proportions))
     log_mixture = jnp.log((w / jnp.sum(w)) @ reference_profiles + _TINY)
     prior_var = platform_effect_scale**2
@@ -275,6 +310,7 @@ def platform_effect_neg_log_marginal(
     reference_profiles: Array,
     *,
     platform_effect_scale: float,
+    spot_weight: Array | None = None,
 ) -> Array:
     """Negative log marginal likelihood of the bulk composition, platform effect integrated out.
 
@@ -290,6 +326,7 @@ def platform_effect_neg_log_marginal(
       log_bulk_proportions: logits of the bulk composition, shape `(n_cell_types,)`.
       reference_profiles: shape `(n_cell_types, n_genes)`, >= 0.
       platform_effect_scale: prior standard deviation of ``log m``, > 0.
+      spot_weight: as in `platform_effect_residual`.
 
     Returns:
       Scalar, nats per gene.
@@ -308,7 +345,11 @@ def platform_effect_neg_log_marginal(
       True
     """
     residual, variance, _ = platform_effect_residual(
-        x, log_bulk_proportions, reference_profiles, platform_effect_scale=platform_effect_scale
+        x,
+        log_bulk_proportions,
+        reference_profiles,
+        platform_effect_scale=platform_effect_scale,
+        spot_weight=spot_weight,
     )
     return 0.5 * jnp.mean(residual**2 / variance + jnp.log(2 * jnp.pi * variance))
 
@@ -319,6 +360,7 @@ def platform_effect_posterior_mean(
     reference_profiles: Array,
     *,
     platform_effect_scale: float,
+    spot_weight: Array | None = None,
 ) -> Array:
     """Posterior mean of the log platform effect ``log m`` given the bulk composition.
 
@@ -329,11 +371,16 @@ def platform_effect_posterior_mean(
       log_bulk_proportions: logits of the bulk composition, shape `(n_cell_types,)`.
       reference_profiles: shape `(n_cell_types, n_genes)`, >= 0.
       platform_effect_scale: prior standard deviation of ``log m``, >= 0 (0 gives 0).
+      spot_weight: as in `platform_effect_residual`.
 
     Returns:
       ``log m``, shape `(n_genes,)`.
     """
     residual, _, shrinkage = platform_effect_residual(
-        x, log_bulk_proportions, reference_profiles, platform_effect_scale=platform_effect_scale
+        x,
+        log_bulk_proportions,
+        reference_profiles,
+        platform_effect_scale=platform_effect_scale,
+        spot_weight=spot_weight,
     )
     return shrinkage * residual

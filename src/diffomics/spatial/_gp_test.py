@@ -30,7 +30,7 @@ References:
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -38,7 +38,11 @@ import numpy as np
 from jax import Array
 from jax.scipy.special import log_ndtr
 
+from diffomics.core._sharding import pad_rows, padded_size, shard_rows
 from diffomics.spatial._kernels import KernelFactor
+
+if TYPE_CHECKING:
+    from jax.sharding import Mesh
 
 __all__ = [
     "GPFit",
@@ -280,13 +284,21 @@ def fit_gp_implicit(z: Array, eigvals: Array, eigvecs: Array, gower: Array) -> G
     return GPFit(llr=jnp.maximum(llr, 0.0), log_delta=x, fsv=fsv, fsv_se=fsv_se)
 
 
-def fit_gp(z: Array, factor: KernelFactor, *, standard_error: bool = True) -> GPFit:
+def fit_gp(
+    z: Array, factor: KernelFactor, *, standard_error: bool = True, mesh: Mesh | None = None
+) -> GPFit:
     """Fit the SpatialDE GP model to every gene for one kernel.
 
     Args:
       z: standardised expression (`standardize`), shape `(n_spots, n_genes)`.
       factor: the kernel's `KernelFactor` (from `exact_factor` or `nystrom_factor`).
       standard_error: compute ``fsv_se`` (a second derivative per gene); False fills NaN.
+      mesh: a device mesh (`diffomics.core.data_mesh`): the genes are split over its
+        devices (padded to a multiple of their number with copies of the last gene, which
+        are dropped from the result) and the kernel's factor replicated. Genes are fitted
+        independently, so no device waits for another and the result equals the
+        one-device fit up to float32 rounding. For a low-rank (Nystrom) factor the
+        float64 projection ``U^T y`` is formed on the host first. None: no placement.
 
     Returns:
       A `GPFit` of `(n_genes,)` arrays.
@@ -301,24 +313,36 @@ def fit_gp(z: Array, factor: KernelFactor, *, standard_error: bool = True) -> GP
       (True, True)
     """
     n, m = z.shape[0], factor.eigvals.shape[0]
+    n_genes = z.shape[1]
+    n_padded = n_genes if mesh is None else padded_size(n_genes, mesh)
+
+    def genes_out(a):  # per-gene rows (or values) split over the mesh
+        return a if mesh is None else shard_rows(pad_rows(a, n_padded), mesh)
+
     s = jnp.asarray(factor.eigvals, dtype=jnp.float32)
     ut1_64 = factor.eigvecs.sum(axis=0)
     ut1 = jnp.asarray(ut1_64, dtype=jnp.float32)
     if m == n:
-        uty = jnp.asarray(z, dtype=jnp.float32).T @ jnp.asarray(factor.eigvecs, jnp.float32)
+        zt = jnp.asarray(z).T if mesh is None else genes_out(np.asarray(z, np.float32).T)
+        uty = jnp.asarray(zt, dtype=jnp.float32) @ jnp.asarray(factor.eigvecs, jnp.float32)
         rest = None
     else:  # the null-space sums cancel catastrophically in float32 at large n
         z64 = np.asarray(z, dtype=np.float64)
         uty_64 = z64.T @ factor.eigvecs
         rest = NullSpace(
             ones=jnp.float32(n - ut1_64 @ ut1_64),
-            cross=jnp.asarray(z64.sum(axis=0) - uty_64 @ ut1_64, dtype=jnp.float32),
-            squares=jnp.asarray((z64**2).sum(axis=0) - (uty_64**2).sum(axis=1), jnp.float32),
+            cross=genes_out(
+                np.asarray(z64.sum(axis=0) - uty_64 @ ut1_64, dtype=np.float32)
+            ),
+            squares=genes_out(
+                np.asarray((z64**2).sum(axis=0) - (uty_64**2).sum(axis=1), np.float32)
+            ),
         )
-        uty = jnp.asarray(uty_64, dtype=jnp.float32)
-    return _fit(
-        uty, ut1, s, jnp.float32(factor.gower), rest, n=n, standard_error=standard_error
-    )
+        uty = genes_out(np.asarray(uty_64, dtype=np.float32))
+    fit = _fit(uty, ut1, s, jnp.float32(factor.gower), rest, n=n, standard_error=standard_error)
+    if n_padded == n_genes:
+        return fit
+    return GPFit(*(v[:n_genes] for v in fit))
 
 
 def gp_posterior_mean(z: Array, factor: KernelFactor, log_delta: Array) -> Array:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import warnings
+from typing import TYPE_CHECKING
 
 import anndata as ad
 import jax
@@ -34,6 +35,9 @@ from diffomics.spatial._kernels import (
 )
 from diffomics.spatial._preprocess import regress_out, stabilize
 from diffomics.spatial._reference import dense_layer
+
+if TYPE_CHECKING:
+    from jax.sharding import Mesh
 
 __all__ = ["spatial_genes"]
 
@@ -109,7 +113,7 @@ def _factors(coords, kernel, scales, *, exact_max_spots, n_inducing, seed):
 
 
 def _scan(z_list, coords, kernel, scales, *, chunk_size, exact_max_spots, n_inducing, seed,
-          progress):
+          progress, mesh=None):
     """Best fit over a kernel family for each matrix in `z_list` (genes in chunks)."""
     best = [
         {k: np.full(z.shape[1], np.nan if k != "llr" else -np.inf) for k in
@@ -131,7 +135,7 @@ def _scan(z_list, coords, kernel, scales, *, chunk_size, exact_max_spots, n_indu
                         # pad the last chunk: every chunk has one shape, compiled once
                         block = np.pad(block, ((0, 0), (0, chunk_size - width)))
                     fit = fit_gp(jnp.asarray(block, dtype=jnp.float32), factor,
-                                 standard_error=i == 0)
+                                 standard_error=i == 0, mesh=mesh)
                     fit = fit._replace(**{k: v[:width] for k, v in fit._asdict().items()})
                     llr = np.asarray(fit.llr, dtype=np.float64)
                     better = llr > out["llr"][sl]
@@ -270,6 +274,7 @@ def spatial_genes(
     n_smoothed: int = 12,
     seed: int = 0,
     progress: bool | None = None,
+    mesh: Mesh | None = None,
     key_added: str = "spatial_genes",
 ) -> pd.DataFrame:
     """Test every gene for spatial variation with SpatialDE's Gaussian-process model.
@@ -333,6 +338,11 @@ def spatial_genes(
         ``bic_<family>``.
       seed: seed of the permutations and of the inducing points.
       progress: progress bar over chunks; None shows it on a terminal only.
+      mesh: a device mesh (`diffomics.core.data_mesh`): each chunk of genes (observed and
+        permuted) is split over its devices and the kernel replicated (`fit_gp`); genes
+        are independent, so the table equals the one-device one up to float32 rounding.
+        The kernel's eigendecomposition and the steps after the test stay on the host.
+        None (default): no placement.
       key_added: ``adata.uns[key_added]`` receives the parameters and the null summary.
 
     Returns:
@@ -412,6 +422,7 @@ def spatial_genes(
     observed, null = _scan(
         [z, permuted], coords, kernel, scales, chunk_size=chunk_size,
         exact_max_spots=exact_max_spots, n_inducing=n_inducing, seed=seed, progress=show,
+        mesh=mesh,
     )
     const = np.asarray(constant)
     observed["llr"] = np.where(const, 0.0, np.maximum(observed["llr"], 0.0))
@@ -449,7 +460,7 @@ def spatial_genes(
                 z[:, chosen], coords, log_lik_null[chosen], bic[chosen], kernel,
                 n_lengthscales=n_lengthscales, chunk_size=chunk_size,
                 exact_max_spots=exact_max_spots, n_inducing=n_inducing, seed=seed,
-                progress=show,
+                progress=show, mesh=mesh,
             )
             table.loc[chosen, "model"] = model
             table.loc[chosen, "model_prob"] = prob

@@ -1,0 +1,179 @@
+"""Data-parallel placement on JAX's own runtime: a 1-d device mesh, row-sharded data.
+
+Rows (spots, cells) are split over the devices of a `jax.sharding.Mesh` with one axis,
+``"data"``; parameters are replicated on every device. A function jit-compiled over such
+arrays is partitioned by XLA (GSPMD): each device computes its rows, and the compiler
+inserts the reductions over rows, including the sum of per-device gradients. There is no
+hand-written collective and no ``pmap``; with a one-device mesh the code path is the same.
+
+A sharded axis must divide evenly over the devices, so rows are padded to a multiple of
+the device count. Padding rows repeat the last real row (so every statistic stays finite
+on them) and carry weight 0 in `row_weights`; losses that take the weights ignore them
+exactly.
+
+Across hosts the same code runs after ``jax.distributed.initialize()``: `data_mesh` then
+spans the devices of every process (see ``docs/distributed.md``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+from diffomics.core._errors import ConfigError, ShapeError
+
+__all__ = [
+    "DATA_AXIS",
+    "data_mesh",
+    "pad_rows",
+    "padded_size",
+    "replicate",
+    "row_weights",
+    "shard_rows",
+]
+
+#: Name of the mesh axis that rows (spots, cells) are split over.
+DATA_AXIS = "data"
+
+
+def data_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A one-axis mesh (``"data"``) over `devices` (default: every device, all hosts).
+
+    The axis is of the automatic kind: shardings of intermediate values are chosen by the
+    compiler from those of the inputs, so ordinary JAX code runs on it unchanged.
+
+    Args:
+      devices: the devices, in order; None uses ``jax.devices()``.
+
+    Returns:
+      A `jax.sharding.Mesh` of shape ``{"data": len(devices)}``.
+
+    Raises:
+      ConfigError: `devices` is empty.
+
+    Examples:
+      >>> mesh = data_mesh(jax.devices()[:1])
+      >>> dict(mesh.shape)
+      {'data': 1}
+    """
+    devices = list(jax.devices() if devices is None else devices)
+    if not devices:
+        msg = "devices must hold at least one jax.Device; found an empty sequence."
+        raise ConfigError(msg)
+    return Mesh(np.asarray(devices, dtype=object), (DATA_AXIS,), axis_types=(AxisType.Auto,))
+
+
+def padded_size(n_rows: int, mesh: Mesh) -> int:
+    """`n_rows` rounded up to a multiple of the mesh's device count.
+
+    Args:
+      n_rows: number of rows (spots, cells, genes), >= 0.
+      mesh: a mesh from `data_mesh`.
+
+    Returns:
+      The smallest multiple of ``mesh.devices.size`` that is >= `n_rows`.
+
+    Examples:
+      >>> padded_size(10, data_mesh(jax.devices()[:1]))
+      10
+    """
+    n_dev = mesh.devices.size
+    return -(-int(n_rows) // n_dev) * n_dev
+
+
+def pad_rows(x, n_padded: int) -> np.ndarray:
+    """Append copies of the last row of `x` until it has `n_padded` rows.
+
+    Copies (rather than zeros) keep per-row statistics finite on the padding, which
+    `row_weights` then gives weight 0.
+
+    Args:
+      x: array with rows along axis 0, at least one row.
+      n_padded: rows wanted, >= ``len(x)``.
+
+    Returns:
+      A NumPy array of shape ``(n_padded, *x.shape[1:])``, `x` in its first rows.
+
+    Raises:
+      ShapeError: `x` has no rows, or more than `n_padded`.
+
+    Examples:
+      >>> pad_rows(np.array([[1, 2], [3, 4]]), 4).tolist()
+      [[1, 2], [3, 4], [3, 4], [3, 4]]
+    """
+    x = np.asarray(x)
+    if x.ndim == 0 or not 0 < x.shape[0] <= n_padded:
+        msg = f"x must have between 1 and {n_padded} rows to pad; found shape {x.shape}."
+        raise ShapeError(msg)
+    extra = n_padded - x.shape[0]
+    if extra == 0:
+        return x
+    return np.concatenate([x, np.repeat(x[-1:], extra, axis=0)], axis=0)
+
+
+def row_weights(n_rows: int, n_padded: int) -> np.ndarray:
+    """Weights of padded rows: 1 for the first `n_rows`, 0 after, float32 `(n_padded,)`.
+
+    Args:
+      n_rows: number of real rows.
+      n_padded: number of rows after padding (`padded_size`), >= `n_rows`.
+
+    Returns:
+      float32 array of shape `(n_padded,)`.
+
+    Examples:
+      >>> row_weights(3, 4).tolist()
+      [1.0, 1.0, 1.0, 0.0]
+    """
+    return (np.arange(n_padded) < n_rows).astype(np.float32)
+
+
+def shard_rows(x, mesh: Mesh) -> jax.Array:
+    """Place `x` on `mesh`, its rows split over the ``"data"`` axis.
+
+    Args:
+      x: array whose first axis is divisible by the mesh's device count (pad it first with
+        `pad_rows`).
+      mesh: a mesh from `data_mesh`.
+
+    Returns:
+      A `jax.Array` with sharding ``NamedSharding(mesh, PartitionSpec("data"))``.
+
+    Raises:
+      ShapeError: the rows do not divide over the devices.
+
+    Examples:
+      >>> a = shard_rows(np.ones((4, 2)), data_mesh(jax.devices()[:1]))
+      >>> a.sharding.spec == PartitionSpec("data")
+      True
+    """
+    n_dev = mesh.devices.size
+    rows = np.shape(x)[0] if np.ndim(x) else 0
+    if np.ndim(x) == 0 or rows % n_dev:
+        msg = (
+            f"x must have a number of rows divisible by the {n_dev} devices of the mesh; "
+            f"found shape {np.shape(x)}. Pad it with pad_rows(x, padded_size(n, mesh))."
+        )
+        raise ShapeError(msg)
+    return jax.device_put(x, NamedSharding(mesh, PartitionSpec(DATA_AXIS)))
+
+
+def replicate(tree, mesh: Mesh):
+    """Place every array of the pytree `tree` on all devices of `mesh` (a full copy each).
+
+    Args:
+      tree: a pytree of arrays (parameters, optimiser state).
+      mesh: a mesh from `data_mesh`.
+
+    Returns:
+      The same pytree, each array a `jax.Array` fully replicated on the mesh.
+
+    Examples:
+      >>> params = replicate({"w": np.zeros(3)}, data_mesh(jax.devices()[:1]))
+      >>> params["w"].sharding.is_fully_replicated
+      True
+    """
+    return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))

@@ -1,0 +1,194 @@
+"""Sharded runs equal one-device runs, on 4 simulated CPU devices.
+
+Not collected by a plain ``pytest`` run (the name has no ``test_`` prefix): XLA fixes the
+device count when JAX starts, so `test_distributed.py` runs this module in a fresh process
+with ``XLA_FLAGS=--xla_force_host_platform_device_count=4``. Each test compares the same
+computation without a mesh and on a 4-device `data_mesh`, and checks that the arrays were
+really split over the devices. Tolerances are stated per test.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from jax.sharding import PartitionSpec
+
+from diffomics.core import (
+    data_mesh,
+    fit,
+    pad_rows,
+    padded_size,
+    replicate,
+    row_weights,
+    shard_rows,
+)
+
+pytestmark = pytest.mark.skipif(
+    jax.device_count() < 4, reason="needs XLA_FLAGS=--xla_force_host_platform_device_count=4"
+)
+
+
+def _n_devices(a: jax.Array) -> int:
+    return len({s.device for s in a.addressable_shards})
+
+
+def test_rows_are_split_and_parameters_replicated():
+    mesh = data_mesh()
+    x = shard_rows(pad_rows(np.arange(20.0).reshape(10, 2), padded_size(10, mesh)), mesh)
+    assert x.sharding.spec == PartitionSpec("data")
+    assert [s.data.shape for s in x.addressable_shards] == [(3, 2)] * 4
+    np.testing.assert_array_equal(np.asarray(x)[10:], [[18.0, 19.0], [18.0, 19.0]])
+    w = replicate(np.ones(3), mesh)
+    assert w.sharding.is_fully_replicated and _n_devices(w) == 4
+
+
+class _Line(nnx.Module):
+    def __init__(self):
+        self.w = nnx.Param(jnp.zeros(3))
+
+
+def _weighted_mse(model, x, y, weight):
+    residual = (x @ model.w[...] - y) ** 2
+    return jnp.sum(weight * residual) / jnp.sum(weight)
+
+
+def test_fit_on_a_mesh_reaches_the_one_device_least_squares_fit():
+    # 10 rows padded to 12 with weight-0 copies: the fit must be the unpadded one
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(10, 3)).astype(np.float32)
+    y = (x @ np.array([1.0, -2.0, 0.5]) + 0.1 * rng.normal(size=10)).astype(np.float32)
+    settings = {"learning_rate": 0.05, "max_steps": 400, "tol": 0.0}
+    single = _Line()
+    fit(single, _weighted_mse, (x, y, np.ones(10, np.float32)), progress=False, **settings)
+    mesh = data_mesh()
+    sharded = _Line()
+    n = padded_size(10, mesh)
+    args = (shard_rows(pad_rows(x, n), mesh), shard_rows(pad_rows(y, n), mesh),
+            shard_rows(row_weights(10, n), mesh))  # fmt: skip
+    fit(sharded, _weighted_mse, args, progress=False, mesh=mesh, **settings)
+    w = sharded.w[...]
+    assert w.sharding.is_fully_replicated and _n_devices(w) == 4
+    lstsq = np.linalg.lstsq(x, y, rcond=None)[0]
+    np.testing.assert_allclose(np.asarray(w), np.asarray(single.w[...]), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(w), lstsq, atol=1e-3)
+
+
+@pytest.fixture(scope="module")
+def pseudo_spots():
+    from diffomics.datasets import seqfish_cortex
+    from diffomics.spatial import pool_pseudo_spots
+
+    cells, reference = seqfish_cortex()
+    return pool_pseudo_spots(cells, "cell_type", spot_size=500.0), reference  # 79 spots
+
+
+def test_deconvolve_on_four_devices_equals_one_device(pseudo_spots):
+    # real seqFISH+ cortex cells pooled into 79 spots (one padding spot on 4 devices); NB,
+    # background on (its gene means over spots must ignore the padding); after 200 Adam
+    # steps the proportions agree to 1e-4 (float32 sums in another order) and the weakly
+    # identified background to 1%
+    from diffomics.spatial import deconvolve
+
+    spots, reference = pseudo_spots
+    kwargs = {"likelihood": "nb", "background": True, "max_steps": 200, "progress": False}
+    single = deconvolve(spots.copy(), reference, "cell_type", **kwargs)
+    sharded = deconvolve(spots.copy(), reference, "cell_type", mesh=data_mesh(), **kwargs)
+    # the per-spot logits follow their spots (XLA keeps them split by rows); the gene-level
+    # parameters are replicated
+    logits, background = sharded.model.logits[...], sharded.model.log_background[...]
+    assert logits.shape == (80, 8) and logits.sharding.spec == PartitionSpec("data")
+    assert background.sharding.is_fully_replicated and _n_devices(background) == 4
+    assert sharded.proportions.shape == (79, 8)
+    np.testing.assert_allclose(
+        sharded.proportions.to_numpy(), single.proportions.to_numpy(), atol=1e-4
+    )
+    np.testing.assert_allclose(sharded.fit.history, single.fit.history, rtol=1e-4)
+    np.testing.assert_allclose(
+        sharded.background.to_numpy(), single.background.to_numpy(), rtol=1e-2, atol=1e-6
+    )
+    one = deconvolve(spots.copy(), reference, "cell_type", mesh=data_mesh(jax.devices()[:1]),
+                     **kwargs)  # fmt: skip
+    # a one-device mesh is the same program as no mesh
+    np.testing.assert_array_equal(one.proportions.to_numpy(), single.proportions.to_numpy())
+
+
+def test_integrate_on_four_devices_equals_one_device():
+    # 210 SNARE-seq cells: minibatches of 50 and a validation chunk of 21 are padded to 52
+    # and 24 with masked cells; two epochs agree to 1e-4 relative in every loss and 1e-4
+    # in the latent
+    from diffomics.datasets import snareseq_celllines
+    from diffomics.integration import integrate
+
+    def data():
+        return {k: v[:210].copy() for k, v in snareseq_celllines().items()}
+
+    kwargs = {"likelihoods": {"rna": "gaussian", "atac": "gaussian"}, "max_epochs": 2,
+              "batch_size": 50, "hidden_dim": 16, "n_layers": 1, "progress": False}  # fmt: skip
+    single = integrate(data(), **kwargs)
+    sharded = integrate(data(), mesh=data_mesh(), **kwargs)
+    param = jax.tree.leaves(nnx.state(sharded.module, nnx.Param))[0]
+    assert param.sharding.is_fully_replicated and _n_devices(param) == 4
+    columns = ["train_loss", "validation_loss", "validation_reconstruction_loss"]
+    np.testing.assert_allclose(
+        sharded.history[columns].to_numpy(), single.history[columns].to_numpy(), rtol=1e-4
+    )
+    np.testing.assert_allclose(sharded.latent(), single.latent(), atol=1e-4)
+
+
+def test_gp_test_sharded_over_genes_equals_one_device():
+    # Stahl 2016 olfactory bulb, 260 spots, 42 genes (padded to 44): per-gene fits have no
+    # cross-gene sum; only the projection U^T y sums over spots in another order. The
+    # statistic agrees to 1e-4 relative; its argmax in log delta, where the likelihood is
+    # flat, to 1e-2, and the FSV to 2e-3
+    from diffomics.datasets import mouse_olfactory_bulb
+    from diffomics.spatial import exact_factor, fit_gp, kernel_matrix, nystrom_factor
+    from diffomics.spatial._gp_test import standardize
+    from diffomics.spatial._kernels import inducing_points
+
+    adata = mouse_olfactory_bulb()
+    x = np.asarray(adata.X, dtype=np.float64)
+    genes = np.argsort(-(x > 0).sum(axis=0))[:42]
+    z = np.asarray(standardize(jnp.asarray(np.log1p(x[:, genes]), jnp.float32))[0])
+    coords = np.asarray(adata.obsm["spatial"], dtype=np.float64)
+    mesh = data_mesh()
+    factors = [
+        exact_factor(np.asarray(kernel_matrix(coords, lengthscale=2.0))),
+        nystrom_factor(coords, inducing_points(coords, n_inducing=40, seed=0), kernel="se",
+                       lengthscale=2.0),
+    ]  # fmt: skip
+    for factor in factors:
+        single = fit_gp(z, factor)
+        sharded = fit_gp(z, factor, mesh=mesh)
+        for name, tol in (("llr", {"rtol": 1e-4, "atol": 1e-4}), ("log_delta", {"atol": 1e-2}),
+                          ("fsv", {"atol": 2e-3}), ("fsv_se", {"rtol": 5e-2, "atol": 1e-3})):
+            a, b = np.asarray(getattr(single, name)), np.asarray(getattr(sharded, name))
+            np.testing.assert_allclose(b, a, err_msg=name, **tol)
+        assert float(np.max(single.llr)) > 10.0  # some genes are spatial: not a vacuous match
+    whole = fit_gp(z[:, :40], factors[0], mesh=mesh)  # 40 genes: no padding, stays split
+    assert whole.llr.sharding.spec == PartitionSpec("data") and _n_devices(whole.llr) == 4
+
+
+def test_spatial_genes_on_four_devices_equals_one_device():
+    # the analysis end to end (observed and permuted genes, p-values): the same calls; the
+    # statistics agree to float32 rounding, and so do the fitted kernel and the p-value of
+    # every gene with a non-zero statistic (where llr ~ 0 the best lengthscale is a tie)
+    from diffomics.datasets import mouse_olfactory_bulb
+    from diffomics.spatial import spatial_genes
+
+    adata = mouse_olfactory_bulb()
+    counts = np.asarray((adata.X > 0).sum(axis=0)).ravel()
+    adata = adata[:, np.argsort(-counts)[:30]].copy()
+    kwargs = {"n_lengthscales": 3, "n_smoothed": 0, "progress": False}
+    single = spatial_genes(adata.copy(), **kwargs)
+    sharded = spatial_genes(adata.copy(), mesh=data_mesh(), **kwargs)
+    np.testing.assert_allclose(sharded["llr"], single["llr"], rtol=1e-4, atol=1e-3)
+    signal = single["llr"].to_numpy() > 1.0
+    assert signal.sum() >= 10
+    for column, tol in (("fsv", {"atol": 2e-3}), ("lengthscale", {"rtol": 1e-6}),
+                        ("pval", {"rtol": 1e-3}), ("qval", {"rtol": 1e-3})):
+        np.testing.assert_allclose(sharded[column].to_numpy(float)[signal],
+                                   single[column].to_numpy(float)[signal], err_msg=column,
+                                   **tol)  # fmt: skip
+    assert single["is_spatial"].sum() > 0
+    assert (sharded["is_spatial"] == single["is_spatial"]).all()

@@ -1,0 +1,131 @@
+"""Data-parallel placement: helpers and padding on one device; sharded runs on four.
+
+`four_devices.py` needs 4 devices, which XLA fixes when JAX starts, so it runs here in a
+fresh process with ``XLA_FLAGS=--xla_force_host_platform_device_count=4`` (safe under
+pytest-xdist: the child owns its own JAX runtime). The checks that need one device only,
+that padding rows change no loss, run in this process.
+"""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from diffomics.core import (
+    ConfigError,
+    ShapeError,
+    data_mesh,
+    pad_rows,
+    padded_size,
+    row_weights,
+    shard_rows,
+)
+
+HERE = Path(__file__).parent
+
+
+def test_four_simulated_devices_give_the_one_device_results():
+    flags = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
+    env = {**os.environ, "XLA_FLAGS": flags.strip(), "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rs",
+         str(HERE / "four_devices.py")],
+        cwd=HERE.parent.parent, env=env, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    report = proc.stdout[-6000:] + proc.stderr[-2000:]
+    assert proc.returncode == 0, report
+    summary = proc.stdout.strip().splitlines()[-1]
+    assert re.search(r"\b6 passed\b", summary) and "skipped" not in summary, report
+
+
+def test_helpers_refuse_rows_that_do_not_fit():
+    with pytest.raises(ConfigError, match="devices"):
+        data_mesh([])
+    with pytest.raises(ShapeError, match="rows"):
+        pad_rows(np.zeros((5, 2)), 4)
+    with pytest.raises(ShapeError, match="rows"):
+        pad_rows(np.zeros((0, 2)), 4)
+    mesh = data_mesh(jax.devices()[:1])
+    with pytest.raises(ShapeError, match="divisible"):
+        shard_rows(np.float32(1.0), mesh)
+    assert padded_size(7, mesh) == 7
+    np.testing.assert_array_equal(row_weights(2, 3), [1.0, 1.0, 0.0])
+
+
+@pytest.mark.parametrize("likelihood", ["nb", "poisson", "gaussian"])
+def test_weight_zero_padding_changes_no_deconvolution_loss(likelihood):
+    from diffomics.spatial import (
+        deconvolution_mean,
+        deconvolution_neg_log_posterior,
+        platform_effect_neg_log_marginal,
+    )
+
+    rng = np.random.default_rng(0)
+    profiles = jnp.asarray(rng.gamma(2.0, 1.0, (3, 6)), jnp.float32)
+    x = rng.poisson(20.0, (5, 6)).astype(np.float32)
+    log_pi = jax.nn.log_softmax(jnp.asarray(rng.normal(size=(5, 3)), jnp.float32))
+    background, theta = jnp.full(6, 0.2), jnp.full(6, 5.0)
+
+    def loss(x, log_pi, weight):
+        mu, _ = deconvolution_mean(x, jnp.exp(log_pi), profiles, jnp.ones(6), background,
+                                   likelihood=likelihood, spot_weight=weight)  # fmt: skip
+        return deconvolution_neg_log_posterior(
+            x, mu, log_pi, likelihood=likelihood, theta=theta, background_fraction=background,
+            log_prior_mean=jnp.log(jnp.full(3, 1 / 3)), proportion_prior=2.0,
+            spot_weight=weight,
+        )
+
+    whole = loss(jnp.asarray(x), log_pi, None)
+    padded = loss(jnp.asarray(pad_rows(x, 8)), jnp.asarray(pad_rows(log_pi, 8)),
+                  jnp.asarray(row_weights(5, 8)))  # fmt: skip
+    np.testing.assert_allclose(float(padded), float(whole), rtol=1e-6)
+    # unweighted, the three copies of the last spot do change it: the weights are doing work
+    assert abs(float(loss(jnp.asarray(pad_rows(x, 8)), jnp.asarray(pad_rows(log_pi, 8)), None))
+               - float(whole)) > 1e-3 * abs(float(whole))  # fmt: skip
+    bulk = jnp.zeros(3)
+    np.testing.assert_allclose(
+        float(platform_effect_neg_log_marginal(pad_rows(x, 8), bulk, profiles,
+                                               platform_effect_scale=0.5,
+                                               spot_weight=jnp.asarray(row_weights(5, 8)))),
+        float(platform_effect_neg_log_marginal(x, bulk, profiles, platform_effect_scale=0.5)),
+        rtol=1e-6,
+    )  # fmt: skip
+
+
+def test_masked_padding_cells_change_no_vae_loss():
+    # integrate(mesh=...) pads a minibatch with cells whose modality masks are 0 and scales
+    # the mean by n_padded / n: the same loss and gradient as the unpadded minibatch
+    from diffomics.integration._integrate import _place
+    from diffomics.operators.multiomics import (
+        DifferentiableMultiOmicsVAE,
+        MultiOmicsVAEConfig,
+    )
+
+    rng = np.random.default_rng(0)
+    batch = {"rna_counts": rng.poisson(3.0, (6, 8)).astype(np.float32),
+             "atac_counts": (rng.random((6, 10)) < 0.3).astype(np.float32),
+             "rna_mask": np.ones(6, np.float32), "atac_mask": np.ones(6, np.float32)}  # fmt: skip
+    config = MultiOmicsVAEConfig(modality_dims=[8, 10], latent_dim=3, hidden_dim=8)
+    padded = {k: pad_rows(v, 8) for k, v in batch.items()}
+    padded["rna_mask"][6:] = 0.0
+    padded["atac_mask"][6:] = 0.0
+
+    def loss_and_grad(data, scale):
+        vae = DifferentiableMultiOmicsVAE(config, rngs=nnx.Rngs(0))
+        loss, grads = nnx.value_and_grad(lambda m: scale * m.loss(data))(vae)
+        return float(loss), jax.tree.leaves(grads)
+
+    whole, grads = loss_and_grad(batch, 1.0)
+    pad_loss, pad_grads = loss_and_grad(padded, 8 / 6)
+    np.testing.assert_allclose(pad_loss, whole, rtol=1e-5)
+    for a, b in zip(pad_grads, grads, strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+    placed, scale = _place(batch, ["rna", "atac"], data_mesh(jax.devices()[:1]))
+    assert scale == 1.0 and placed["rna_counts"].shape == (6, 8)
