@@ -4,6 +4,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.stats
 from flax import nnx
@@ -420,6 +421,27 @@ def _mods(n=80, seed=0):
     names = [f"c{i}" for i in range(n)]
     return {key: ad.AnnData(x.astype(np.float32), obs={"obs_names": names}).copy()
             for key, x in (("rna", rna), ("atac", atac))}  # fmt: skip
+
+
+def test_training_resumes_from_its_checkpoint_bitwise(tmp_path):
+    # NB + Bernoulli with dropout: the restored state includes the random-key streams of
+    # the sampling noise and of dropout, and the generator that shuffles the minibatches
+    kwargs = {"hidden_dim": 16, "n_layers": 1, "batch_size": 32, "n_epochs_kl_warmup": 2,
+              "progress": False}  # fmt: skip
+    through = integrate(_mods(), max_epochs=6, **kwargs)
+    path = tmp_path / "train.npz"
+    first = integrate(_mods(), max_epochs=3, checkpoint=path, **kwargs)
+    assert first.report["epochs"] == 3 and path.exists()
+    resumed = integrate(_mods(), max_epochs=6, checkpoint=path, **kwargs)
+    pd.testing.assert_frame_equal(resumed.history, through.history, check_exact=True)
+    np.testing.assert_array_equal(resumed.latent(), through.latent())
+    assert not np.array_equal(first.latent(), through.latent())  # 3 more epochs did train
+    again = integrate(_mods(), max_epochs=6, checkpoint=path, **kwargs)  # finished: no epoch
+    np.testing.assert_array_equal(again.latent(), through.latent())
+    with pytest.raises(ConfigError, match="other data or arguments"):
+        integrate(_mods(), max_epochs=6, checkpoint=path, seed=1, **kwargs)
+    with pytest.raises(ConfigError, match="checkpoint"):
+        integrate(_mods(n=60), max_epochs=6, checkpoint=path, **kwargs)
 
 
 @pytest.mark.parametrize(

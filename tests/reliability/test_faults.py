@@ -89,3 +89,42 @@ def test_fit_killed_by_a_signal_resumes_from_its_checkpoint(tmp_path):
         pd.read_csv(tmp_path / "through" / name, sep="\t", index_col=0),
         check_exact=True,
     )
+
+
+def test_integration_killed_by_a_signal_resumes_from_its_checkpoint(tmp_path):
+    # RNA counts (NB) and binary peaks (Bernoulli) of two groups of 80 cells
+    rng = np.random.default_rng(5)
+    group = np.repeat([0, 1], 40)
+    names = [f"c{i}" for i in range(80)]
+    rna = rng.poisson(np.where(group[:, None] == 1, 6.0, 1.0) * np.ones(12), (80, 12))
+    atac = rng.random((80, 20)) < np.where(group[:, None] == 1, 0.6, 0.1)
+    for key, x in (("rna", rna), ("atac", atac)):
+        ad.AnnData(x.astype(np.float32), obs=pd.DataFrame(index=names)).write_h5ad(
+            tmp_path / f"{key}.h5ad"
+        )
+    args = ["integrate", f"rna={tmp_path / 'rna.h5ad'}", f"atac={tmp_path / 'atac.h5ad'}",
+            "--max-epochs", "12"]  # fmt: skip
+    assert main([*args, "--out", str(tmp_path / "through")]) == 0
+    checkpoint = tmp_path / "train.npz"
+    resume = [*args, "--checkpoint", str(checkpoint), "--out", str(tmp_path / "resumed")]
+    code = "import sys; from diffomics.cli import main; sys.exit(main(sys.argv[1:]))"
+    proc = subprocess.Popen([sys.executable, "-c", code, *resume],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline:
+        if checkpoint.exists():  # at least one epoch is done: interrupt training
+            os.kill(proc.pid, signal.SIGINT)
+            break
+        time.sleep(0.005)
+    proc.wait(timeout=60)
+    assert proc.returncode != 0 and checkpoint.exists(), "training ended before the signal"
+    with np.load(checkpoint) as stored:
+        assert 1 <= len(stored["history"]) < 12  # stopped mid-training
+    assert not (tmp_path / "resumed").exists()
+    assert main(resume) == 0
+    name = "rna_atac.integrated.latent.tsv"
+    pd.testing.assert_frame_equal(
+        pd.read_csv(tmp_path / "resumed" / name, sep="\t", index_col=0),
+        pd.read_csv(tmp_path / "through" / name, sep="\t", index_col=0),
+        check_exact=True,
+    )

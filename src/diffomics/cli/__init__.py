@@ -121,6 +121,9 @@ def _parser() -> argparse.ArgumentParser:
     itg.add_argument("--latent-dim", type=int, default=_default(integrate, "latent_dim"))
     itg.add_argument("--max-epochs", type=int, default=_default(integrate, "max_epochs"))
     itg.add_argument("--seed", type=int, default=_default(integrate, "seed"))
+    itg.add_argument("--checkpoint", default=None,
+                     help="NPZ file training saves to after every epoch and resumes from (a "
+                     "killed run restarts where it stopped, with the same result)")  # fmt: skip
     _add_out(itg)
     itg.set_defaults(func=run_integrate)
 

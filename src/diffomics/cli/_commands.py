@@ -375,6 +375,7 @@ def run_integrate(args: argparse.Namespace) -> Section:
         max_epochs=args.max_epochs,
         seed=args.seed,
         progress=None,
+        checkpoint=args.checkpoint,
     )
     labels = None
     if args.labels is not None:

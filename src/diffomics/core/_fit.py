@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +16,7 @@ import optax
 from flax import nnx
 from tqdm.auto import tqdm
 
+from diffomics.core._checkpoint import load_checkpoint, save_checkpoint
 from diffomics.core._checks import check_positive
 from diffomics.core._errors import ConfigError
 from diffomics.core._sharding import replicate
@@ -25,43 +25,6 @@ if TYPE_CHECKING:
     from jax.sharding import Mesh
 
 __all__ = ["FitResult", "fit"]
-
-
-def _save_checkpoint(path: Path, tree, history, flat: int) -> None:
-    """Write parameters, optimiser state and loss history to `path` atomically (npz)."""
-    leaves = jax.tree_util.tree_leaves(tree)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
-    os.close(fd)
-    try:
-        arrays = {f"leaf_{i}": np.asarray(leaf) for i, leaf in enumerate(leaves)}
-        np.savez(tmp, history=np.asarray(history, np.float64), flat=flat, **arrays)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def _load_checkpoint(path: Path, tree):
-    """``(tree, history, flat)`` from a checkpoint of the same structure as `tree`."""
-    leaves, treedef = jax.tree_util.tree_flatten(tree)
-    with np.load(path) as stored:
-        found = sorted(k for k in stored.files if k.startswith("leaf_"))
-        shapes = [stored[f"leaf_{i}"].shape for i in range(len(found))]
-        expected = [np.shape(leaf) for leaf in leaves]
-        if shapes != expected:
-            msg = (
-                f"checkpoint {path} holds {len(shapes)} arrays of shapes {shapes[:4]}...; this "
-                f"fit has {len(expected)} of shapes {expected[:4]}...: a different model or "
-                "optimiser. Delete the file to start afresh."
-            )
-            raise ConfigError(msg)
-        restored = [
-            jax.numpy.asarray(stored[f"leaf_{i}"], dtype=np.asarray(leaf).dtype)
-            for i, leaf in enumerate(leaves)
-        ]
-        history = stored["history"].tolist()
-        flat = int(stored["flat"])
-    return jax.tree_util.tree_unflatten(treedef, restored), history, flat
 
 
 def _on_mesh(a, mesh: Mesh):
@@ -170,7 +133,8 @@ def fit(
     history, flat, converged = [], 0, False
     path = None if checkpoint is None else Path(checkpoint)
     if path is not None and path.exists():
-        (params, opt_state), history, flat = _load_checkpoint(path, (params, opt_state))
+        (params, opt_state), stored = load_checkpoint(path, (params, opt_state))
+        history, flat = stored["history"].tolist(), int(stored["flat"])
         converged = flat >= patience
     if mesh is not None:
         params, opt_state = replicate((params, opt_state), mesh)
@@ -205,7 +169,8 @@ def fit(
                 flat = flat + 1 if improvement < tol else 0
             history.extend(losses.tolist())
             if path is not None:
-                _save_checkpoint(path, (params, opt_state), history, flat)
+                save_checkpoint(path, (params, opt_state),
+                                history=np.asarray(history, np.float64), flat=flat)
             if flat >= patience:
                 converged = True
                 break

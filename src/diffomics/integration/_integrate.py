@@ -24,6 +24,7 @@ import scipy.sparse
 from flax import nnx
 from tqdm.auto import tqdm
 
+from diffomics.core._checkpoint import load_checkpoint, save_checkpoint
 from diffomics.core._errors import ConfigError, MissingKeyError, ShapeError
 from diffomics.core._sharding import pad_rows, padded_size, replicate, shard_rows
 
@@ -341,6 +342,7 @@ def integrate(
     min_delta: float = 0.0,
     seed: int = 0,
     progress: bool | None = None,
+    checkpoint: str | os.PathLike | None = None,
     mesh: Mesh | None = None,
 ) -> IntegrationModel:
     """Integrate paired (or mosaic) modalities into one latent space with the multi-omics VAE.
@@ -400,6 +402,13 @@ def integrate(
         as an improvement (>= 0; scvi-tools' default 0).
       seed: seeds initialisation, shuffling, the split and the sampling noise.
       progress: progress bar (None: only on a terminal).
+      checkpoint: ``.npz`` path where training saves its whole state after every epoch
+        (parameters, optimiser and random-key state, the best epoch's parameters, the
+        shuffling generator, history and early-stopping counters), atomically. When the
+        file exists, training resumes from it: a run killed mid-training and started again
+        with the same data and arguments ends with bitwise the same model as one that ran
+        through. A file written for other data or arguments is refused (ConfigError). The
+        file is left in place; delete it to train afresh.
       mesh: a device mesh (`diffomics.core.data_mesh`) for data-parallel training: every
         minibatch (and validation chunk) is split over its devices, padded to a multiple of
         their number with cells whose modality masks are 0 (they add nothing to the loss),
@@ -497,17 +506,44 @@ def integrate(
     take = lambda idx: {k: v[idx] for k, v in inputs.items()}  # noqa: E731
 
     optimizer = nnx.Optimizer(module, _adam(learning_rate), wrt=nnx.Param)
-    if mesh is not None:  # parameters, optimiser state and random keys on every device
-        nnx.update(module, replicate(nnx.state(module), mesh))
-        nnx.update(optimizer, replicate(nnx.state(optimizer), mesh))
     gradnorm = nnx.jit(gradnorm_step) if use_gradnorm else None
     initial = None
     history = []
     best, best_epoch, best_state = np.inf, -1, _copy_state(module)
-    reference, waited = np.inf, 0
-    show = progress if progress is not None else None
-    bar = tqdm(range(max_epochs), disable=show is False, desc="integrate", unit="epoch")
+    reference, waited, stopped = np.inf, 0, False
     timings = []
+    path = None if checkpoint is None else Path(checkpoint)
+    # what a checkpoint must have been written for: the same cells, model and training
+    signature = json.dumps([list(map(str, cells[:3])), n, config.modality_dims, config.names,
+                            config.likelihood_list, latent_dim, hidden_dim, n_layers,
+                            batch_size, learning_rate, n_epochs_kl_warmup, seed,
+                            modality_weight_mode, use_gradnorm, modality_penalty,
+                            early_stopping_monitor])  # fmt: skip
+    if path is not None and path.exists():
+        like = (nnx.state(module), nnx.state(optimizer), best_state)
+        (state, opt_state, best_state), stored = load_checkpoint(path, like)
+        if str(stored["signature"]) != signature:
+            msg = (
+                f"checkpoint {path} was written by integrate with other data or arguments; "
+                "delete it to train afresh, or pass the same ones to resume."
+            )
+            raise ConfigError(msg)
+        nnx.update(module, state)
+        nnx.update(optimizer, opt_state)
+        history = [(int(row[0]), *row[1:]) for row in stored["history"].tolist()]
+        timings = stored["timings"].tolist()
+        best, best_epoch = float(stored["best"]), int(stored["best_epoch"])
+        reference, waited = float(stored["reference"]), int(stored["waited"])
+        stopped = bool(stored["stopped"])
+        initial = stored["initial"] if stored["initial"].size else None
+        rng.bit_generator.state = json.loads(str(stored["rng_state"]))
+    if mesh is not None:  # parameters, optimiser state and random keys on every device
+        nnx.update(module, replicate(nnx.state(module), mesh))
+        nnx.update(optimizer, replicate(nnx.state(optimizer), mesh))
+    show = progress if progress is not None else None
+    first = len(history)
+    bar = tqdm(range(first, first if stopped else max_epochs), disable=show is False,
+               desc="integrate", unit="epoch", initial=first, total=max_epochs)  # fmt: skip
     for epoch in bar:
         start = time.perf_counter()
         kl_scale = kl_warmup_weight(epoch, n_epochs_kl_warmup)
@@ -544,8 +580,18 @@ def integrate(
             reference, waited = val, 0
         else:
             waited += 1
-            if waited >= patience:
-                break
+            stopped = waited >= patience
+        if path is not None:
+            save_checkpoint(
+                path, (nnx.state(module), nnx.state(optimizer), best_state),
+                history=np.asarray(history, np.float64), timings=np.asarray(timings),
+                best=best, best_epoch=best_epoch, reference=reference, waited=waited,
+                stopped=stopped, signature=signature,
+                initial=np.zeros(0) if initial is None else np.asarray(initial),
+                rng_state=json.dumps(rng.bit_generator.state),
+            )  # fmt: skip
+        if stopped:
+            break
     nnx.update(module, best_state)
     module.eval()
     report.update(
