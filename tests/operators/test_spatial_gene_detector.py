@@ -68,6 +68,29 @@ def test_operator_equals_the_statistic():
     np.testing.assert_allclose(out[K.FSV], fit.fsv, atol=2e-3)
 
 
+def test_a_constant_gene_is_not_tested_and_keeps_gradients_finite():
+    # a constant gene once got a made-up LLR of ~100 (its zero residual clipped to 1e-30)
+    # and so a tiny p-value, and NaN gradients for every kernel parameter
+    data = _data()
+    y = np.array(data[K.EXPRESSION])
+    y[:, 3] = 2.5
+    data[K.EXPRESSION] = jnp.asarray(y)
+    op = _op()
+    out, _, _ = op.apply(data, {}, None)
+    assert float(out[K.SPATIAL_PVALUES][3]) == 1.0 and float(out[K.FSV][3]) == 0.0
+    np.testing.assert_allclose(out[K.SMOOTHED_EXPRESSION][:, 3], 2.5, rtol=1e-6)
+    alone, _, _ = _op(n_genes=3).apply({**data, K.EXPRESSION: data[K.EXPRESSION][:, :3]}, {},
+                                        None)  # fmt: skip
+    np.testing.assert_allclose(out[K.FSV][:3], alone[K.FSV], rtol=1e-6)  # others unchanged
+    grads = nnx.grad(lambda m: jnp.sum(m.apply(data, {}, None)[0][K.FSV]))(op)
+    g = float(grads.log_lengthscale[...])
+    assert np.isfinite(g) and g != 0.0
+    dy = jax.grad(lambda e: jnp.sum(op.apply({**data, K.EXPRESSION: e}, {}, None)[0][K.FSV]))(
+        data[K.EXPRESSION]
+    )
+    assert bool(jnp.all(jnp.isfinite(dy))) and float(jnp.abs(dy[:, 3]).max()) == 0.0
+
+
 def test_jit_equals_eager():
     data = _data(counts=True)
     op = _op()

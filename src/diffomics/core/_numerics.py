@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
-__all__ = ["float_dtype", "safe_eigh"]
+__all__ = ["float_dtype", "safe_eigh", "safe_sqrt"]
 
 
 def float_dtype(x) -> jnp.dtype:
@@ -20,6 +20,21 @@ def float_dtype(x) -> jnp.dtype:
       (dtype('float32'), dtype('float32'))
     """
     return jnp.result_type(x, jnp.float32)
+
+def safe_sqrt(x: Array) -> Array:
+    """``sqrt(x)`` for ``x >= 0`` whose gradient at 0 is 0 instead of infinite.
+
+    The double-``where`` trick (as optax's ``safe_norm``): the square root only ever sees
+    positive values, so no ``inf * 0 = NaN`` reaches the gradient of a zero variance.
+
+    Examples:
+      >>> import jax
+      >>> float(safe_sqrt(jnp.float32(4.0))), float(jax.grad(safe_sqrt)(jnp.float32(0.0)))
+      (2.0, 0.0)
+    """
+    positive = x > 0
+    return jnp.where(positive, jnp.sqrt(jnp.where(positive, x, 1.0)), 0.0)
+
 
 #: Relative broadening of eigenvalue gaps in the backward pass of `safe_eigh`.
 _EIGH_BROADENING = 1e-5

@@ -495,7 +495,14 @@ def integrate(
     module._check(inputs)
     for name, lik in zip(names, config.likelihood_list, strict=True):
         if lik == "nb_mixture":  # totalVI's empirical background prior
-            module.set_background_prior(name, matrices[name][masks[name] > 0])
+            seen = matrices[name][masks[name] > 0]
+            if len(seen) < 2:
+                msg = (
+                    f"modality {name!r} has likelihood 'nb_mixture', whose background prior "
+                    f"is fitted to the cells' counts; it needs 2 or more cells, found {len(seen)}."
+                )
+                raise ShapeError(msg)
+            module.set_background_prior(name, seen)
 
     n = len(cells)
     rng = np.random.default_rng(seed)

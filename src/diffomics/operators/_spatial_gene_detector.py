@@ -13,7 +13,7 @@ from jax import Array
 
 from diffomics.core._checks import check_finite, check_matrix, check_positive, is_traced
 from diffomics.core._errors import ConfigError, CountsError, ShapeError
-from diffomics.core._numerics import safe_eigh
+from diffomics.core._numerics import safe_eigh, safe_sqrt
 from diffomics.core._operator import Operator, OperatorConfig
 from diffomics.operators._keys import SPATIAL_GENE_KEYS as K
 from diffomics.spatial._gp_test import fit_gp_implicit, mixture_log_pvalue, standardize
@@ -173,9 +173,9 @@ class DifferentiableSpatialGeneDetector(Operator):
     def outputs(self, data: Mapping[str, Any]) -> dict[str, Array]:
         """FSV, p-values, soft spatial indicator and smoothed expression for `data`."""
         coords, y = self._inputs(data)
-        z, _ = standardize(y)
+        z, constant = standardize(y)
         s, u, gower = self._spectrum(coords)
-        fit = fit_gp_implicit(z, s, u, gower)
+        fit = fit_gp_implicit(z, s, u, gower, constant=constant)
         log_p = mixture_log_pvalue(2.0 * fit.llr)
         c = self.config
         score = (jnp.log(c.pvalue_threshold) - log_p) / c.temperature
@@ -187,7 +187,7 @@ class DifferentiableSpatialGeneDetector(Operator):
         # values of 1e20 and more; the product does not depend on s, so its gradient is stopped
         s_y = jax.lax.stop_gradient(jnp.max(jnp.abs(y), axis=0, keepdims=True))
         s_y = jnp.where(s_y > 0, s_y, 1.0)
-        sd = s_y * jnp.std(y / s_y, axis=0, keepdims=True)
+        sd = s_y * safe_sqrt(jnp.var(y / s_y, axis=0, keepdims=True))
         smoothed = mean + sd * smooth_z
         if self.smoother is not None:
             centred = coords - jnp.mean(coords, axis=0, keepdims=True)

@@ -38,6 +38,7 @@ import numpy as np
 from jax import Array
 from jax.scipy.special import log_ndtr
 
+from diffomics.core._numerics import safe_sqrt
 from diffomics.core._sharding import pad_rows, padded_size, shard_rows
 from diffomics.spatial._kernels import KernelFactor
 
@@ -108,7 +109,7 @@ def standardize(y: Array) -> tuple[Array, Array]:
     scale = jax.lax.stop_gradient(jnp.max(jnp.abs(y), axis=0, keepdims=True))
     y = y / jnp.where(scale > 0, scale, 1.0)
     centred = y - jnp.mean(y, axis=0, keepdims=True)
-    sd = jnp.sqrt(jnp.mean(centred**2, axis=0))
+    sd = safe_sqrt(jnp.mean(centred**2, axis=0))  # sqrt'(0) would make NaN gradients
     constant = sd <= 1e-12 * (1.0 + jnp.max(jnp.abs(y), axis=0))
     return centred / jnp.where(constant, 1.0, sd)[None, :], constant
 
@@ -250,7 +251,9 @@ def _fit(uty, ut1, s, gower, rest, *, n, standard_error):
     return GPFit(llr=jnp.maximum(llr, 0.0), log_delta=x, fsv=fsv, fsv_se=fsv_se)
 
 
-def fit_gp_implicit(z: Array, eigvals: Array, eigvecs: Array, gower: Array) -> GPFit:
+def fit_gp_implicit(
+    z: Array, eigvals: Array, eigvecs: Array, gower: Array, *, constant: Array | None = None
+) -> GPFit:
     """`fit_gp` for an exact kernel, traceable and differentiable in the data and the kernel.
 
     The optimum ``log delta*`` is found without gradients, then one Newton step is taken
@@ -264,11 +267,19 @@ def fit_gp_implicit(z: Array, eigvals: Array, eigvecs: Array, gower: Array) -> G
       eigvals: kernel eigenvalues, shape `(n_spots,)`, > 0.
       eigvecs: kernel eigenvectors as columns, shape `(n_spots, n_spots)`.
       gower: Gower factor of the kernel, scalar.
+      constant: `(n_genes,)` bool mask of constant genes (`standardize`). They have no test:
+        their profile LLR degenerates (the residual of a zero vector is 0, clipped, which
+        would give a large made-up statistic), so they get ``llr`` 0, ``fsv`` 0 (``log_delta``
+        at its upper bound) and ``fsv_se`` 0, with zero gradients (a placeholder gene is
+        fitted in their place, so that no NaN reaches the gradients of the others).
 
     Returns:
       A `GPFit`; ``llr``, ``log_delta`` and ``fsv`` carry gradients.
     """
     n = z.shape[0]
+    if constant is not None:
+        placeholder, _ = standardize(jnp.arange(n, dtype=z.dtype)[:, None])
+        z = jnp.where(constant[None, :], placeholder, z)
     uty = z.T @ eigvecs
     ut1 = jnp.sum(eigvecs, axis=0)
     frozen = [jax.lax.stop_gradient(v) for v in (uty, ut1, eigvals)]
@@ -281,7 +292,11 @@ def fit_gp_implicit(z: Array, eigvals: Array, eigvecs: Array, gower: Array) -> G
     x = x_star - step
     llr = gp_log_likelihood_ratio(x, uty, ut1, eigvals, n=n)
     fsv, fsv_se = _fsv(x, gower, second)
-    return GPFit(llr=jnp.maximum(llr, 0.0), log_delta=x, fsv=fsv, fsv_se=fsv_se)
+    fit = GPFit(llr=jnp.maximum(llr, 0.0), log_delta=x, fsv=fsv, fsv_se=fsv_se)
+    if constant is None:
+        return fit
+    untested = (0.0, hi, 0.0, 0.0)
+    return GPFit(*(jnp.where(constant, u, v) for u, v in zip(untested, fit, strict=True)))
 
 
 def fit_gp(

@@ -92,13 +92,22 @@ def _labelled_cells(
     x = dense_layer(reference, layer, name="reference")
     check_counts(x, "reference counts", row_name="cell", allow_empty_rows=True)
     keep = x.sum(axis=1) > 0
+    labels = labels.astype(str).to_numpy()
+    lost = sorted(set(labels) - set(labels[keep]))
+    if lost:
+        msg = (
+            f"reference cell type(s) {lost[:5]} have no cell with counts over the "
+            f"{x.shape[1]} genes used; drop them from reference.obs[{labels_key!r}] or check "
+            "the genes shared with the spatial data."
+        )
+        raise CountsError(msg)
     if not keep.all():
         warnings.warn(
             f"reference: left out {int((~keep).sum())} cell(s) with zero counts over "
             f"the {x.shape[1]} genes used.",
             stacklevel=3,
         )
-    return x[keep], labels.astype(str).to_numpy()[keep]
+    return x[keep], labels[keep]
 
 
 def reference_profiles(
