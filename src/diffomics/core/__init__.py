@@ -17,6 +17,7 @@ from diffomics.core._likelihoods import nb_log_prob as nb_log_prob
 from diffomics.core._likelihoods import poisson_log_prob as poisson_log_prob
 from diffomics.core._multiple_testing import benjamini_hochberg as benjamini_hochberg
 from diffomics.core._multiple_testing import storey_pi0 as storey_pi0
+from diffomics.core._numerics import default_float as default_float
 from diffomics.core._numerics import safe_eigh as safe_eigh
 from diffomics.core._operator import Operator as Operator
 from diffomics.core._operator import OperatorConfig as OperatorConfig
@@ -45,6 +46,7 @@ __all__ = [
     "check_finite",
     "check_matrix",
     "data_mesh",
+    "default_float",
     "fit",
     "gaussian_log_prob",
     "nb_log_prob",

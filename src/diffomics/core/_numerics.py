@@ -4,22 +4,39 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import Array
 
-__all__ = ["float_dtype", "safe_eigh", "safe_sqrt"]
+__all__ = ["default_float", "float_dtype", "safe_eigh", "safe_sqrt"]
+
+
+def default_float() -> np.dtype:
+    """The float dtype diffomics computes in: float32, or float64 when JAX runs with x64.
+
+    float32 is the default on every device (and what the tests check against the
+    reference tools); setting ``JAX_ENABLE_X64=1`` (or ``jax.config.update(
+    "jax_enable_x64", True)`` before any computation) makes the analyses, their
+    parameters and their fits float64, for users who need the precision or want to check
+    that float32 suffices (``tests/reliability/test_precision.py`` does).
+
+    Examples:
+      >>> default_float()  # JAX's default
+      dtype('float32')
+    """
+    return jax.dtypes.canonicalize_dtype(np.float64)
 
 
 def float_dtype(x) -> jnp.dtype:
-    """The floating dtype to compute `x` in.
+    """The floating dtype to compute `x` in: that of `x` or `default_float`, the wider.
 
-    Its own if floating (float64 only under ``jax_enable_x64``), else float32.
+    Integers and float32 compute in float32 by default, in float64 under x64; a float64
+    input computes in float64 whenever JAX allows it (x64).
 
     Examples:
-      >>> import numpy as np
       >>> float_dtype(np.arange(3)), float_dtype(np.ones(3, np.float32))
       (dtype('float32'), dtype('float32'))
     """
-    return jnp.result_type(x, jnp.float32)
+    return jnp.result_type(x, default_float())
 
 def safe_sqrt(x: Array) -> Array:
     """``sqrt(x)`` for ``x >= 0`` whose gradient at 0 is 0 instead of infinite.

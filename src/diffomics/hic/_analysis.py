@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from diffomics.core._checks import check_choice
 from diffomics.core._errors import ConfigError, CountsError, ShapeError
+from diffomics.core._numerics import default_float
 from diffomics.hic._balance import ice, ice_filters
 from diffomics.hic._band import band_from_pixels, band_mask
 from diffomics.hic._compartments import cis_eigs, phase_eigs
@@ -366,7 +367,7 @@ def analyze(
     n_diags = min(n, max(2 * w_max, max_dist + 2 * kw[0] + 1 if do_loops else 0))
     counts_band = band_from_pixels(b1, b2, counts, n_pad, n_diags)  # padded rows are empty
     mask = band_mask(np.r_[valid, np.zeros(n_pad - n, bool)], n_diags)
-    wj = jnp.asarray(np.r_[w0, np.zeros(n_pad - n)], jnp.float32)
+    wj = jnp.asarray(np.r_[w0, np.zeros(n_pad - n)], default_float())
     idx = jnp.minimum(jnp.arange(n_pad)[:, None] + jnp.arange(n_diags)[None, :], n_pad - 1)
     balanced_band = counts_band * wj[:, None] * wj[idx]
 
@@ -413,7 +414,7 @@ def analyze(
         cvalid = np.isfinite(cw) & (cw > 0)
         cw0 = np.where(cvalid, cw, 0.0)
         nc, nc_pad = coarse.n_bins, _bucket(coarse.n_bins)
-        dense = np.zeros((nc_pad, nc_pad), np.float32)
+        dense = np.zeros((nc_pad, nc_pad), default_float())
         dense[:nc, :nc] = coarse.dense(coarse.count * cw0[coarse.bin1] * cw0[coarse.bin2])
         padded_valid = np.r_[cvalid, np.zeros(nc_pad - nc, bool)]
         eig = _cis_eigs_jit(jnp.asarray(dense), jnp.asarray(padded_valid), n_eigs=n_eigs,

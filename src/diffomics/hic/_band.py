@@ -12,6 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
+from diffomics.core._numerics import float_dtype
+
 __all__ = ["band_from_dense", "band_from_pixels", "band_mask", "dense_from_band"]
 
 
@@ -82,7 +84,7 @@ def band_from_pixels(bin1, bin2, values, n_bins: int, n_diags: int) -> Array:
     d = jnp.asarray(bin2) - bin1
     keep = d < n_diags
     flat = jnp.where(keep, bin1 * n_diags + d, n_bins * n_diags)
-    out = jnp.zeros(n_bins * n_diags + 1, jnp.result_type(values, jnp.float32))
+    out = jnp.zeros(n_bins * n_diags + 1, float_dtype(values))
     return out.at[flat].add(jnp.asarray(values))[:-1].reshape(n_bins, n_diags)
 
 

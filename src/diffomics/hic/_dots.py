@@ -17,7 +17,7 @@ import scipy.stats
 from jax import Array
 
 from diffomics.core._errors import ConfigError
-from diffomics.core._numerics import float_dtype
+from diffomics.core._numerics import default_float, float_dtype
 
 __all__ = [
     "KERNEL_NAMES",
@@ -284,8 +284,8 @@ def call_dots(
         o_bal = np.where(bad, 0.0, counts * wi * wj)
         e_bal = np.where(bad, 0.0, e)
         local = score(
-            jnp.asarray(o_bal, jnp.float32),
-            jnp.asarray(e_bal, jnp.float32),
+            jnp.asarray(o_bal, default_float()),
+            jnp.asarray(e_bal, default_float()),
             jnp.asarray(bad),
         )
         core = slice(w, w + size)

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from diffomics.core._checkpoint import load_checkpoint, save_checkpoint
 from diffomics.core._errors import ConfigError, MissingKeyError, ShapeError
+from diffomics.core._numerics import default_float
 from diffomics.core._sharding import pad_rows, padded_size, replicate, shard_rows
 
 if TYPE_CHECKING:
@@ -72,9 +73,9 @@ def _align(mods: dict, join: str) -> tuple[pd.Index, dict, dict, dict]:
         present = pos >= 0
         x = adata.X[pos[present]]
         x = x.toarray() if scipy.sparse.issparse(x) else np.asarray(x)
-        full = np.zeros((len(cells), adata.n_vars), dtype=np.float32)
+        full = np.zeros((len(cells), adata.n_vars), dtype=default_float())
         full[present] = x
-        matrices[name], masks[name] = full, present.astype(np.float32)
+        matrices[name], masks[name] = full, present.astype(default_float())
         report[f"cells_without_{name}"] = int((~present).sum())
     if report["cells_not_in_every_modality"] and join == "inner":
         warnings.warn(
@@ -157,7 +158,7 @@ class IntegrationModel:
         data = data or self.data
         m = self.names.index(target)
         z = self.latent(from_, data)
-        x = np.asarray(data[f"{target}_counts"], dtype=np.float32)
+        x = np.asarray(data[f"{target}_counts"], dtype=default_float())
         observed = np.maximum(x.sum(1), 1.0)
         mask = np.asarray(data.get(f"{target}_mask", np.ones(len(x))), bool)
         median = np.median(observed[mask]) if mask.any() else 1.0
@@ -170,15 +171,15 @@ class IntegrationModel:
         else:
             msg = f"library must be 'median', 'observed' or a number > 0; found {library!r}."
             raise ConfigError(msg)
-        lib = lib.astype(np.float32)
+        lib = lib.astype(default_float())
         c = self.module.config
         batch = (jax.nn.one_hot(np.asarray(data["batch"]), c.n_batches) if c.n_batches
-                 else np.zeros((len(x), 0), np.float32))  # fmt: skip
+                 else np.zeros((len(x), 0), default_float()))  # fmt: skip
         decoder = self.module.decoders[m]
         cell = None
         if c.likelihood_list[m] == "bernoulli":
             # the cell factor reads the cell's own peaks: keep them out of a prediction
-            binary = (x > 0).astype(np.float32)
+            binary = (x > 0).astype(default_float())
             own = np.asarray(decoder.cell_logit(binary, batch))[:, 0]
             centre = np.median(own[mask]) if mask.any() else 0.0
             if library == "median":
@@ -190,7 +191,7 @@ class IntegrationModel:
                 raise ConfigError(msg)
             else:
                 cell = np.full(len(x), np.log(library) - np.log1p(-min(library, 1 - 1e-7)))
-            cell = cell.astype(np.float32)[:, None]
+            cell = cell.astype(default_float())[:, None]
         _, mean, _ = decoder(z, batch, x, lib, cell)
         mean = np.asarray(mean)
         if target in self.scales:
@@ -265,7 +266,7 @@ def _eval_loss(model, batch_data, scale):
             scale * model.reconstruction_loss_from_terms(terms))  # fmt: skip
 
 
-def _place(batch_data: dict, names, mesh: Mesh | None) -> tuple[dict, np.float32]:
+def _place(batch_data: dict, names, mesh: Mesh | None) -> tuple[dict, np.floating]:
     """A minibatch split over the devices of `mesh`, and the factor that undoes its padding.
 
     Cells are padded to a multiple of the device count with copies of the last cell whose
@@ -274,14 +275,14 @@ def _place(batch_data: dict, names, mesh: Mesh | None) -> tuple[dict, np.float32
     over the padded cells by ``n_padded / n_cells`` gives the mean over the real ones.
     """
     if mesh is None:
-        return batch_data, np.float32(1.0)
+        return batch_data, default_float().type(1.0)
     n = len(next(iter(batch_data.values())))
     n_padded = padded_size(n, mesh)
     padded = {k: pad_rows(v, n_padded) for k, v in batch_data.items()}
     for name in names:
         padded[f"{name}_mask"] = padded[f"{name}_mask"].copy()
         padded[f"{name}_mask"][n:] = 0.0
-    return {k: shard_rows(v, mesh) for k, v in padded.items()}, np.float32(n_padded / n)
+    return {k: shard_rows(v, mesh) for k, v in padded.items()}, default_float().type(n_padded / n)
 
 
 def _copy_state(module):
@@ -481,13 +482,14 @@ def integrate(
     )
     scales = {}
     if standardize:
+        f = default_float()
         for name, lik in zip(names, config.likelihood_list, strict=True):
             if lik == "gaussian":
                 x, seen = matrices[name], masks[name] > 0
                 mean = x[seen].mean(0)
                 sd = np.where(x[seen].std(0) > 0, x[seen].std(0), 1.0)
-                matrices[name] = np.where(seen[:, None], (x - mean) / sd, 0.0).astype(np.float32)
-                scales[name] = (mean.astype(np.float32), sd.astype(np.float32))
+                matrices[name] = np.where(seen[:, None], (x - mean) / sd, 0.0).astype(f)
+                scales[name] = (mean.astype(f), sd.astype(f))
         report["standardized"] = sorted(scales)
     inputs = _inputs(names, matrices, masks, batch)
     module = DifferentiableMultiOmicsVAE(config, rngs=nnx.Rngs(params=seed, noise=seed + 1,
@@ -559,7 +561,7 @@ def integrate(
         for b in range(len(perm) // batch_size):
             batch_data, scale = _place(take(perm[b * batch_size : (b + 1) * batch_size]),
                                        names, mesh)  # fmt: skip
-            loss = _train_step(module, optimizer, batch_data, np.float32(kl_scale), scale)
+            loss = _train_step(module, optimizer, batch_data, default_float().type(kl_scale), scale)
             losses.append(float(loss))
             if gradnorm is not None:
                 if initial is None:

@@ -14,6 +14,7 @@ from jax import Array
 from diffomics.core._checks import check_choice, check_counts, check_matrix, check_positive
 from diffomics.core._errors import ConfigError
 from diffomics.core._likelihoods import LIKELIHOODS
+from diffomics.core._numerics import default_float
 from diffomics.core._operator import Operator, OperatorConfig
 from diffomics.operators._keys import DECONVOLUTION_KEYS as K
 from diffomics.spatial._deconvolution import (
@@ -135,16 +136,16 @@ class SpatialDeconvolution(Operator):
         c = config
         if c.mode == "amortized":
             self.encoder = nnx.Sequential(
-                nnx.Linear(c.n_genes, c.hidden_dim, rngs=rngs),
+                nnx.Linear(c.n_genes, c.hidden_dim, param_dtype=default_float(), rngs=rngs),
                 nnx.relu,
-                nnx.Linear(c.hidden_dim, c.n_cell_types, rngs=rngs),
+                nnx.Linear(c.hidden_dim, c.n_cell_types, param_dtype=default_float(), rngs=rngs),
             )
         else:
             self.logits = nnx.Param(jnp.zeros((c.n_spots, c.n_cell_types)))
         self.log_platform_effect = nnx.Param(jnp.zeros(c.n_genes))
         self.bulk_logits = nnx.Param(jnp.zeros(c.n_cell_types))
-        self.log_background = nnx.Param(jnp.full(c.n_genes, jnp.log(0.01), jnp.float32))
-        self.log_theta = nnx.Param(jnp.full(c.n_genes, jnp.log(10.0), jnp.float32))
+        self.log_background = nnx.Param(jnp.full(c.n_genes, jnp.log(0.01), default_float()))
+        self.log_theta = nnx.Param(jnp.full(c.n_genes, jnp.log(10.0), default_float()))
 
     def _inputs(self, data: Mapping[str, Any]) -> tuple[Array, Array]:
         x = jnp.asarray(data[K.SPATIAL_EXPRESSION])

@@ -16,6 +16,7 @@ from flax import nnx
 from diffomics.core._checks import check_choice, check_counts
 from diffomics.core._errors import MissingKeyError
 from diffomics.core._fit import FitResult, fit
+from diffomics.core._numerics import default_float
 from diffomics.core._sharding import pad_rows, padded_size, row_weights, shard_rows
 from diffomics.operators._keys import DECONVOLUTION_KEYS as K
 from diffomics.spatial._graph import knn_graph
@@ -245,12 +246,12 @@ def deconvolve(
     spot_params = SPOT_PARAMS
     if likelihood == "nb":
         theta = reference_dispersion(reference[:, genes], labels_key, layer=reference_layer)
-        model.log_theta[...] = jnp.log(jnp.asarray(theta.to_numpy(np.float32)))
+        model.log_theta[...] = jnp.log(jnp.asarray(theta.to_numpy(default_float())))
         if dispersion == "reference":
             spot_params = nnx.All(SPOT_PARAMS, nnx.Not(nnx.PathContains("log_theta")))
     data = {
         K.SPATIAL_EXPRESSION: x if mesh is not None else jnp.asarray(x),
-        K.REFERENCE_PROFILES: jnp.asarray(profiles.to_numpy(np.float32)),
+        K.REFERENCE_PROFILES: jnp.asarray(profiles.to_numpy(default_float())),
     }
 
     if learning_rate is None:

@@ -38,7 +38,7 @@ import numpy as np
 from jax import Array
 from jax.scipy.special import log_ndtr
 
-from diffomics.core._numerics import safe_sqrt
+from diffomics.core._numerics import default_float, safe_sqrt
 from diffomics.core._sharding import pad_rows, padded_size, shard_rows
 from diffomics.spatial._kernels import KernelFactor
 
@@ -334,27 +334,29 @@ def fit_gp(
     def genes_out(a):  # per-gene rows (or values) split over the mesh
         return a if mesh is None else shard_rows(pad_rows(a, n_padded), mesh)
 
-    s = jnp.asarray(factor.eigvals, dtype=jnp.float32)
+    f = default_float()
+    s = jnp.asarray(factor.eigvals, dtype=f)
     ut1_64 = factor.eigvecs.sum(axis=0)
-    ut1 = jnp.asarray(ut1_64, dtype=jnp.float32)
+    ut1 = jnp.asarray(ut1_64, dtype=f)
     if m == n:
-        zt = jnp.asarray(z).T if mesh is None else genes_out(np.asarray(z, np.float32).T)
-        uty = jnp.asarray(zt, dtype=jnp.float32) @ jnp.asarray(factor.eigvecs, jnp.float32)
+        zt = jnp.asarray(z).T if mesh is None else genes_out(np.asarray(z, f).T)
+        uty = jnp.asarray(zt, dtype=f) @ jnp.asarray(factor.eigvecs, f)
         rest = None
     else:  # the null-space sums cancel catastrophically in float32 at large n
         z64 = np.asarray(z, dtype=np.float64)
         uty_64 = z64.T @ factor.eigvecs
         rest = NullSpace(
-            ones=jnp.float32(n - ut1_64 @ ut1_64),
+            ones=jnp.asarray(n - ut1_64 @ ut1_64, f),
             cross=genes_out(
-                np.asarray(z64.sum(axis=0) - uty_64 @ ut1_64, dtype=np.float32)
+                np.asarray(z64.sum(axis=0) - uty_64 @ ut1_64, dtype=f)
             ),
             squares=genes_out(
-                np.asarray((z64**2).sum(axis=0) - (uty_64**2).sum(axis=1), np.float32)
+                np.asarray((z64**2).sum(axis=0) - (uty_64**2).sum(axis=1), f)
             ),
         )
-        uty = genes_out(np.asarray(uty_64, dtype=np.float32))
-    fit = _fit(uty, ut1, s, jnp.float32(factor.gower), rest, n=n, standard_error=standard_error)
+        uty = genes_out(np.asarray(uty_64, dtype=f))
+    gower = jnp.asarray(factor.gower, f)
+    fit = _fit(uty, ut1, s, gower, rest, n=n, standard_error=standard_error)
     if n_padded == n_genes:
         return fit
     return GPFit(*(v[:n_genes] for v in fit))
@@ -380,8 +382,8 @@ def gp_posterior_mean(z: Array, factor: KernelFactor, log_delta: Array) -> Array
       >>> smooth.ravel().tolist()  # K = I, delta = 1: halfway to the data
       [0.5, 0.0, 0.0]
     """
-    u = jnp.asarray(factor.eigvecs, dtype=jnp.float32)
-    s = jnp.asarray(factor.eigvals, dtype=jnp.float32)
+    u = jnp.asarray(factor.eigvecs, dtype=default_float())
+    s = jnp.asarray(factor.eigvals, dtype=default_float())
     shrink = s[:, None] / (s[:, None] + jnp.exp(log_delta)[None, :])
     return u @ (shrink * (u.T @ z))
 

@@ -12,18 +12,19 @@ import scipy.sparse as sp
 
 from diffomics.core._checks import check_counts
 from diffomics.core._errors import CountsError, GeneMatchError, MissingKeyError
+from diffomics.core._numerics import default_float
 
 __all__ = ["dense_layer", "match_genes", "reference_dispersion", "reference_profiles"]
 
 
 def dense_layer(adata: ad.AnnData, layer: str | None, *, name: str) -> np.ndarray:
-    """``adata.X`` or ``adata.layers[layer]`` as a dense float32 array (obs x vars)."""
+    """``adata.X`` or ``adata.layers[layer]`` as a dense array (obs x vars) of `default_float`."""
     if layer is not None and layer not in adata.layers:
         msg = f"{name}.layers has no {layer!r}; found {list(adata.layers)}. Pass layer=None for X."
         raise MissingKeyError(msg)
     x = adata.X if layer is None else adata.layers[layer]
     x = x.toarray() if sp.issparse(x) else np.asarray(x)
-    return x.astype(np.float32)
+    return x.astype(default_float())
 
 
 def _check_unique(names: pd.Index, name: str) -> None:

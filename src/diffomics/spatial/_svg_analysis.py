@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from diffomics.core._checks import check_choice, check_finite, check_matrix
 from diffomics.core._errors import ConfigError, CountsError, MissingKeyError, ShapeError
 from diffomics.core._multiple_testing import benjamini_hochberg, storey_pi0
+from diffomics.core._numerics import default_float
 from diffomics.spatial._gp_test import (
     fit_gp,
     gene_sparsity,
@@ -94,9 +95,9 @@ def _values(
             "(they carry no information and log total counts is undefined)."
         )
         raise CountsError(msg)
-    values, phi = stabilize(jnp.asarray(x, dtype=jnp.float32))
+    values, phi = stabilize(jnp.asarray(x, dtype=default_float()))
     report.update(phi=float(phi), regressed=name)
-    values = regress_out(values, jnp.asarray(covariate, dtype=jnp.float32))
+    values = regress_out(values, jnp.asarray(covariate, dtype=default_float()))
     return np.asarray(values, dtype=np.float64), sparsity, report
 
 
@@ -134,7 +135,7 @@ def _scan(z_list, coords, kernel, scales, *, chunk_size, exact_max_spots, n_indu
                     if z.shape[1] > chunk_size and width < chunk_size:
                         # pad the last chunk: every chunk has one shape, compiled once
                         block = np.pad(block, ((0, 0), (0, chunk_size - width)))
-                    fit = fit_gp(jnp.asarray(block, dtype=jnp.float32), factor,
+                    fit = fit_gp(jnp.asarray(block, dtype=default_float()), factor,
                                  standard_error=i == 0, mesh=mesh)
                     fit = fit._replace(**{k: v[:width] for k, v in fit._asdict().items()})
                     llr = np.asarray(fit.llr, dtype=np.float64)
@@ -208,7 +209,7 @@ def _smoothed(table, values, z, fits, coords, kernel, n_top, *, index, **factor_
         idx = genes["_i"].to_numpy()
         (_, factor), = _factors(coords, kernel, [scale], **factor_kwargs)
         smooth = np.asarray(gp_posterior_mean(
-            jnp.asarray(z[:, idx]), factor, jnp.asarray(fits["log_delta"][idx], jnp.float32)))
+            jnp.asarray(z[:, idx]), factor, jnp.asarray(fits["log_delta"][idx], default_float())))
         sd, mean = values[:, idx].std(axis=0), values[:, idx].mean(axis=0)
         for j, name in enumerate(genes.index):
             columns[name] = mean[j] + sd[j] * smooth[:, j]
@@ -222,7 +223,7 @@ def _refine_lengthscales(z, coords, start, *, steps=40, learning_rate=0.05):
     from diffomics.core._numerics import safe_eigh
     from diffomics.spatial._gp_test import fit_gp_implicit
 
-    xy = jnp.asarray(coords, dtype=jnp.float32)
+    xy = jnp.asarray(coords, dtype=default_float())
 
     def llr(log_l, y):
         k = kernel_matrix(xy, kernel="se", lengthscale=jnp.exp(log_l))
@@ -241,7 +242,7 @@ def _refine_lengthscales(z, coords, start, *, steps=40, learning_rate=0.05):
 
     out = np.zeros((z.shape[1], 3))
     for g in range(z.shape[1]):
-        log_l = jnp.log(jnp.float32(start[g]))
+        log_l = jnp.log(jnp.asarray(start[g], default_float()))
         state = tx.init(log_l)
         y = jnp.asarray(z[:, g])
         best = (-np.inf, start[g], np.nan)
@@ -390,8 +391,8 @@ def spatial_genes(
     values, sparsity, report = _values(
         adata, layer, counts=counts, total_counts_key=total_counts_key
     )
-    z, constant = standardize(jnp.asarray(values, dtype=jnp.float32))
-    z = np.asarray(z, dtype=np.float32)
+    z, constant = standardize(jnp.asarray(values, dtype=default_float()))
+    z = np.asarray(z)
     constant = np.asarray(constant) | report.pop("constant")
     if constant.all():
         msg = f"every one of the {constant.size} genes is constant over the spots; nothing to test."
