@@ -6,7 +6,7 @@ float64 (`diffomics.core.default_float`):
 
     JAX_ENABLE_X64=1 python tests/reliability/precision_runs.py OUT.npz
 
-Runs: `deconvolve` (NB) on seqFISH cortex pseudo-spots; `spatial_genes` on the 300 most
+Runs: `deconvolve` (NB) on seqFISH cortex pseudo-spots; `spatial_genes` on the 150 most
 often detected genes of the mouse olfactory bulb; `hic.analyze` of GM12878 chr22 at 50 kb
 (balancing, expected, compartments phased by CTCF sites, insulation and boundaries);
 `integrate` of 400 SNARE-seq cells for 15 epochs. The settings are fixed here so that both
@@ -36,14 +36,14 @@ def run() -> dict[str, np.ndarray]:
 
     cells, reference = seqfish_cortex()
     spots = pool_pseudo_spots(cells, "cell_type", spot_size=500.0)
-    result = deconvolve(spots, reference, "cell_type", likelihood="nb", max_steps=600,
+    result = deconvolve(spots, reference, "cell_type", likelihood="nb", max_steps=300,
                         progress=False)  # fmt: skip
     out["deconvolve_param_dtype"] = np.asarray(str(result.model.logits[...].dtype))
     out["deconvolve_proportions"] = result.proportions.to_numpy()
 
     mob = mouse_olfactory_bulb()
     detected = np.asarray((mob.X > 0).sum(axis=0)).ravel()
-    mob = mob[:, np.sort(np.argsort(-detected, kind="stable")[:300])].copy()
+    mob = mob[:, np.sort(np.argsort(-detected, kind="stable")[:150])].copy()
     table = spatial_genes(mob, n_smoothed=0, progress=False)
     for column in ("llr", "fsv", "pval", "qval", "lengthscale"):
         out[f"svg_{column}"] = table[column].to_numpy(np.float64)

@@ -49,18 +49,17 @@ def test_deconvolution_agrees(runs):
 
 
 def test_spatial_genes_agree(runs):
-    # LLR to 1e-3 (measured: 1.2e-4); p-values to 1e-2 relative (2e-3); the same genes
-    # called. Where the statistic is clearly non-zero (LLR > 1, 194 of 300 genes) FSV agrees
-    # to 5e-3 (1.2e-3) and the chosen lengthscale is the same; where the LLR is ~0 the
-    # likelihood is flat in the noise ratio and the lengthscale, and their optimum is not
-    # defined to any precision
+    # measured on 150 genes: LLR 1.5e-4 absolute, p-values 0.9 % relative, the same genes
+    # called; where the statistic is clearly non-zero (LLR > 1, 102 genes) FSV 7e-4 and the
+    # same lengthscale. Where the LLR is ~0 the likelihood is flat in the noise ratio and the
+    # lengthscale, and their optimum is not defined to any precision
     single, double = runs
     np.testing.assert_allclose(single["svg_llr"], double["svg_llr"], rtol=1e-3, atol=1e-3)
-    np.testing.assert_allclose(single["svg_pval"], double["svg_pval"], rtol=1e-2, atol=1e-6)
+    np.testing.assert_allclose(single["svg_pval"], double["svg_pval"], rtol=3e-2, atol=1e-6)
     np.testing.assert_array_equal(single["svg_is_spatial"], double["svg_is_spatial"])
     assert single["svg_is_spatial"].sum() >= 20  # a non-vacuous comparison
     decided = double["svg_llr"] > 1.0
-    assert decided.sum() >= 100
+    assert decided.sum() >= 50
     np.testing.assert_allclose(single["svg_fsv"][decided], double["svg_fsv"][decided],
                                atol=5e-3)  # fmt: skip
     np.testing.assert_allclose(single["svg_lengthscale"][decided],
