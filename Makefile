@@ -8,7 +8,7 @@ THREADS ?= 2
 # test files run in parallel, one process per CPU (CI has 2); TEST_WORKERS=0 runs in-process
 TEST_WORKERS ?= 2
 
-.PHONY: demo test docs lint bench bench-deconv bench-svg bench-hic bench-integration bench-chromatin bench-env clean
+.PHONY: demo test docs lint bench bench-deconv bench-svg bench-hic bench-integration bench-chromatin bench-scale bench-env clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -61,7 +61,11 @@ bench-integration: bench-env
 bench-chromatin: $(BENCH_VENV)/.installed
 	$(BENCH_VENV)/bin/python benchmarks/chromatin_states.py --threads $(THREADS)
 
-bench: bench-deconv bench-svg bench-hic bench-integration bench-chromatin
+# time and peak memory against data size on 1 and 4 simulated devices (diffomics only)
+bench-scale: $(VENV)/.installed
+	$(VENV)/bin/python benchmarks/scale.py --threads $(THREADS)
+
+bench: bench-deconv bench-svg bench-hic bench-integration bench-chromatin bench-scale
 
 clean:
 	rm -rf demo_out .pytest_cache .ruff_cache

@@ -18,15 +18,19 @@ from pathlib import Path
 RESULTS_DIR = Path(__file__).parent / "results"
 
 
-def thread_env(threads: int) -> dict[str, str]:
-    """Environment variables that cap every numeric library at `threads` threads."""
+def thread_env(threads: int, extra_xla_flags: str = "") -> dict[str, str]:
+    """Environment variables that cap every numeric library at `threads` threads.
+
+    `extra_xla_flags` is appended to ``XLA_FLAGS`` (for example a simulated device count).
+    """
     env = dict(os.environ)
     for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         env[name] = str(threads)
+    # extra flags go first: XLA stops reading flags at the bare intra_op token
     env["XLA_FLAGS"] = (
-        f"--xla_cpu_multi_thread_eigen={'true' if threads > 1 else 'false'} "
+        f"{extra_xla_flags} --xla_cpu_multi_thread_eigen={'true' if threads > 1 else 'false'} "
         f"intra_op_parallelism_threads={threads}"
-    )
+    ).strip()
     env["JAX_PLATFORMS"] = "cpu"
     return env
 
@@ -36,13 +40,14 @@ def pinned_cpus(threads: int) -> list[int]:
     return sorted(os.sched_getaffinity(0))[:threads]
 
 
-def run_child(cmd: list[str], *, threads: int, timeout: float | None = None) -> dict:
+def run_child(
+    cmd: list[str], *, threads: int, timeout: float | None = None, extra_xla_flags: str = ""
+) -> dict:
     """Run `cmd` on `pinned_cpus`; return its wall time, exit status and peak memory (MiB)."""
     cpus = pinned_cpus(threads)
     start = time.perf_counter()
-    proc = subprocess.Popen(
-        cmd, env=thread_env(threads), preexec_fn=lambda: os.sched_setaffinity(0, cpus)
-    )
+    env = thread_env(threads, extra_xla_flags)
+    proc = subprocess.Popen(cmd, env=env, preexec_fn=lambda: os.sched_setaffinity(0, cpus))
     try:
         _, status, usage = os.wait4(proc.pid, 0)
     except BaseException:

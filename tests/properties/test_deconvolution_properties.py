@@ -10,7 +10,7 @@ from diffomics import CountsError, NonFiniteError, ShapeError
 from diffomics.operators import DECONVOLUTION_KEYS as K
 from diffomics.operators.multiomics import SpatialDeconvolution, SpatialDeconvolutionConfig
 
-SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @st.composite

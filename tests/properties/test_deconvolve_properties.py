@@ -24,7 +24,7 @@ from diffomics import (
 )
 from diffomics.spatial import deconvolve
 
-SETTINGS = settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
+SETTINGS = settings(max_examples=10, deadline=None, suppress_health_check=list(HealthCheck))
 DOCUMENTED = (ConfigError, CountsError, GeneMatchError, MissingKeyError, NonFiniteError,
               ShapeError)  # fmt: skip
 

@@ -17,7 +17,7 @@ from diffomics import ConfigError, CountsError, NonFiniteError, ShapeError
 from diffomics.hic import analyze
 
 RES = 10_000
-SETTINGS = settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck))
+SETTINGS = settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck))
 
 
 def _map(n_bins, scale, zero_rows, flat, seed):

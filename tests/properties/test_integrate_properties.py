@@ -18,7 +18,7 @@ from diffomics import ConfigError, CountsError, MissingKeyError, NonFiniteError,
 from diffomics.integration import integrate
 
 # every example compiles the training step for its shapes and likelihoods (a few seconds)
-SETTINGS = settings(max_examples=6, deadline=None, suppress_health_check=list(HealthCheck))
+SETTINGS = settings(max_examples=4, deadline=None, suppress_health_check=list(HealthCheck))
 DOCUMENTED = (ConfigError, CountsError, MissingKeyError, NonFiniteError, ShapeError)
 TRAIN = {"latent_dim": 2, "hidden_dim": 4, "n_layers": 1, "max_epochs": 2, "batch_size": 16,
          "progress": False}  # fmt: skip

@@ -20,7 +20,7 @@ from diffomics.operators.multiomics import (
     SpatialGeneDetectorConfig,
 )
 
-SETTINGS = settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck))
+SETTINGS = settings(max_examples=4, deadline=None, suppress_health_check=list(HealthCheck))
 
 
 def _problem(n_spots, n_genes, values, scale, coords, coord_scale, constant_gene, totals, seed):

@@ -10,6 +10,7 @@ import functools
 import os
 import sys
 import warnings
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +21,7 @@ from tqdm.auto import tqdm
 from diffomics.core._checks import check_choice
 from diffomics.core._errors import ConfigError, CountsError, ShapeError
 from diffomics.core._numerics import default_float
+from diffomics.core._sharding import padded_size, shard_rows
 from diffomics.hic._balance import ice, ice_filters
 from diffomics.hic._band import band_from_pixels, band_mask
 from diffomics.hic._compartments import cis_eigs, phase_eigs
@@ -27,6 +29,9 @@ from diffomics.hic._dots import call_dots, recommend_kernel_size
 from diffomics.hic._expected import expected_cis
 from diffomics.hic._insulation import boundary_strength, insulation, li_threshold
 from diffomics.hic._io import ContactMap, as_contact_map
+
+if TYPE_CHECKING:
+    from jax.sharding import Mesh
 
 __all__ = ["HiCResult", "analyze", "ice_balance"]
 
@@ -46,20 +51,42 @@ _ice_jit = jax.jit(
 )
 
 
+# one compiled program per bucketed size instead of one dispatch per operation: chromosome
+# after chromosome the per-call cost is then a few milliseconds
+_expected_jit = jax.jit(expected_cis, static_argnames=("n_diags", "ignore_diags"))
+_insulation_jit = jax.jit(insulation, static_argnames=("window", "ignore_diags"))
+
+
+@functools.partial(jax.jit, static_argnames=("n_bins", "n_diags"))
+def _balanced_band(bin1, bin2, counts, weights, valid, *, n_bins, n_diags):
+    """Raw and balanced band of the pixels, and its mask of valid entries."""
+    counts_band = band_from_pixels(bin1, bin2, counts, n_bins, n_diags)  # padded rows empty
+    mask = band_mask(valid, n_diags)
+    idx = jnp.minimum(jnp.arange(n_bins)[:, None] + jnp.arange(n_diags)[None, :], n_bins - 1)
+    return counts_band, counts_band * weights[:, None] * weights[idx], mask
+
+
 @functools.partial(jax.jit, static_argnames=("n_eigs", "ignore_diags", "n_bins"))
 def _cis_eigs_jit(matrix, valid, *, n_eigs, ignore_diags, n_bins):
     return cis_eigs(matrix, valid, n_eigs=n_eigs, ignore_diags=ignore_diags, solver="lobpcg",
                     n_bins=n_bins)  # fmt: skip
 
 
-def _padded_pixels(cmap: ContactMap, n_bins: int):
-    """Pixel arrays padded with zero-count pixels to a bucketed length."""
+def _padded_bins(n: int, mesh: Mesh | None) -> int:
+    """Rows of the padded band: bucketed, and divisible over the mesh's devices."""
+    return _bucket(n) if mesh is None else padded_size(_bucket(n), mesh)
+
+
+def _padded_pixels(cmap: ContactMap, n_bins: int, mesh: Mesh | None = None):
+    """Pixel arrays padded with zero-count pixels to a bucketed length (split over `mesh`)."""
     nnz = cmap.bin1.size
-    pad = _bucket(max(nnz, 1)) - nnz
-    zeros = np.zeros(pad, np.int64)
+    size = _bucket(max(nnz, 1))
+    size = size if mesh is None else padded_size(size, mesh)
+    zeros = np.zeros(size - nnz, np.int64)
     last = n_bins - 1
-    return (np.r_[cmap.bin1, zeros + last], np.r_[cmap.bin2, zeros + last],
-            np.r_[cmap.count, np.zeros(pad)])  # fmt: skip
+    arrays = (np.r_[cmap.bin1, zeros + last], np.r_[cmap.bin2, zeros + last],
+              np.r_[cmap.count, np.zeros(size - nnz)])  # fmt: skip
+    return arrays if mesh is None else tuple(shard_rows(a, mesh) for a in arrays)
 
 
 @dataclasses.dataclass
@@ -129,6 +156,7 @@ def ice_balance(
     mad_max: float = 5.0,
     max_iter: int = 200,
     tol: float = 1e-10,
+    mesh: Mesh | None = None,
 ) -> tuple[np.ndarray, dict]:
     """ICE weights of a contact map with cooler's filters (`ice_filters`, `ice`).
 
@@ -150,6 +178,9 @@ def ice_balance(
       mad_max: coverage cut-off in MADs of log coverage.
       max_iter: ICE iteration limit.
       tol: convergence threshold on the relative variance of the marginals.
+      mesh: a device mesh (`diffomics.core.data_mesh`): the pixels are split over its
+        devices (padded with zero-count pixels); each ICE iteration sums the marginals of
+        every device's pixels (XLA inserts the reduction). None: no placement.
 
     Returns:
       ``(weights, report)``: `(n_bins,)` with NaN for masked bins (cooler's convention), and
@@ -184,7 +215,7 @@ def ice_balance(
         )
         raise CountsError(msg)
     n_pad = _bucket(cmap.n_bins)
-    b1, b2, counts = _padded_pixels(cmap, n_pad)
+    b1, b2, counts = _padded_pixels(cmap, n_pad, mesh)
     pad = n_pad - cmap.n_bins
     res = _ice_jit(b1, b2, counts, np.r_[valid, np.zeros(pad, bool)],
                    chrom=np.r_[chrom, np.full(pad, -1)], cis_only=cis_only,
@@ -251,6 +282,7 @@ def analyze(
     lambda_bin_fdr: float = 0.1,
     clustering_radius: int = 20_000,
     progress: bool | None = None,
+    mesh: Mesh | None = None,
 ) -> HiCResult:
     """Analyse one chromosome (or region) of a Hi-C map as cooltools does.
 
@@ -285,6 +317,12 @@ def analyze(
       lambda_bin_fdr: FDR within lambda bins.
       clustering_radius: bp.
       progress: a progress bar over the steps (None: only on a terminal).
+      mesh: a device mesh (`diffomics.core.data_mesh`): balancing and the expected run on
+        pixels split over its devices, insulation on row tiles of the band (each device a
+        block of bins with all their diagonals; XLA exchanges the window's overlap between
+        neighbouring tiles). Compartments (one dense matrix of at most
+        `compartment_max_bins`) and dots (tiled on the host) are not split. The tables
+        equal the one-device ones up to float32 rounding. None (default): no placement.
 
     Returns:
       A `HiCResult`.
@@ -319,7 +357,7 @@ def analyze(
     steps.set_postfix_str("balance")
 
     if balance is True:
-        weights, info = ice_balance(cmap, ignore_diags=ignore_diags)
+        weights, info = ice_balance(cmap, ignore_diags=ignore_diags, mesh=mesh)
         report.update(info)
     elif isinstance(balance, np.ndarray):
         if balance.shape != (n,):
@@ -339,10 +377,10 @@ def analyze(
 
     steps.update()
     steps.set_postfix_str("expected")
-    n_pad = _bucket(n)
-    b1, b2, counts = _padded_pixels(cmap, n_pad)
-    exp = expected_cis(b1, b2, counts, np.r_[w0, np.zeros(n_pad - n)], n_diags=n_pad,
-                       ignore_diags=ignore_diags)  # fmt: skip
+    n_pad = _padded_bins(n, mesh)
+    b1, b2, counts = _padded_pixels(cmap, n_pad, mesh)
+    wj = jnp.asarray(np.r_[w0, np.zeros(n_pad - n)], default_float())
+    exp = _expected_jit(b1, b2, counts, wj, n_diags=n_pad, ignore_diags=ignore_diags)
     exp = type(exp)(*(np.asarray(a)[:n] for a in exp))
     chrom = str(cmap.bins["chrom"].iloc[0])
     expected = pd.DataFrame(
@@ -365,11 +403,12 @@ def analyze(
     kw = kernel_size or recommend_kernel_size(res)
     max_dist = min(max_loci_separation // res, n)
     n_diags = min(n, max(2 * w_max, max_dist + 2 * kw[0] + 1 if do_loops else 0))
-    counts_band = band_from_pixels(b1, b2, counts, n_pad, n_diags)  # padded rows are empty
-    mask = band_mask(np.r_[valid, np.zeros(n_pad - n, bool)], n_diags)
-    wj = jnp.asarray(np.r_[w0, np.zeros(n_pad - n)], default_float())
-    idx = jnp.minimum(jnp.arange(n_pad)[:, None] + jnp.arange(n_diags)[None, :], n_pad - 1)
-    balanced_band = counts_band * wj[:, None] * wj[idx]
+    counts_band, balanced_band, mask = _balanced_band(
+        b1, b2, counts, wj, np.r_[valid, np.zeros(n_pad - n, bool)], n_bins=n_pad,
+        n_diags=n_diags,
+    )  # fmt: skip
+    if mesh is not None:  # row tiles of the band, one per device
+        balanced_band, mask = shard_rows(balanced_band, mesh), shard_rows(mask, mesh)
 
     steps.update()
     steps.set_postfix_str("insulation")
@@ -378,7 +417,7 @@ def analyze(
     table["is_bad_bin"] = ~valid
     boundaries = []
     for w in windows:
-        ins = insulation(balanced_band, mask, w // res, ignore_diags=ignore_diags)
+        ins = _insulation_jit(balanced_band, mask, w // res, ignore_diags=ignore_diags)
         table[f"log2_insulation_score_{w}"] = np.asarray(ins.log2_score, dtype=np.float64)[:n]
         table[f"n_valid_pixels_{w}"] = np.asarray(ins.n_pixels, dtype=np.float64)[:n]
         strength = boundary_strength(

@@ -226,16 +226,25 @@ def read_cool(
     if chrom not in chromnames:
         msg = f"chromosome {chrom!r} is not in {uri!r}; it has {chromnames[:25]}."
         raise MissingKeyError(msg)
-    query = chrom if lo is None else (chrom, lo, hi)
-    bins = clr.bins().fetch(query)
-    offset = int(bins.index[0])
-    pixels = clr.matrix(balance=False, as_pixels=True).fetch(query)
-    weights = bins["weight"].to_numpy(dtype=np.float64) if "weight" in bins else None
+    first, last = clr.extent(chrom if lo is None else (chrom, lo, hi))  # bin ids [first, last)
+    # read the columns directly (each read of a compressed HDF5 dataset costs a chunk): the
+    # pixel table is sorted by bin1 and holds the upper triangle (bin2 >= bin1), so the
+    # region's pixels are the rows of bins [first, last) whose bin2 is < last
+    with clr.open("r") as group:
+        start, stop = group["indexes/bin1_offset"][first : last + 1][[0, -1]].astype(np.int64)
+        b1 = group["pixels/bin1_id"][start:stop].astype(np.int64)
+        b2 = group["pixels/bin2_id"][start:stop].astype(np.int64)
+        count = group["pixels/count"][start:stop].astype(np.float64)
+        bins = pd.DataFrame({"chrom": chrom, "start": group["bins/start"][first:last],
+                             "end": group["bins/end"][first:last]})  # fmt: skip
+        stored = group["bins"]
+        weights = stored["weight"][first:last].astype(np.float64) if "weight" in stored else None
+    inside = b2 < last
     return ContactMap(
-        bins[["chrom", "start", "end"]].reset_index(drop=True).astype({"chrom": str}),
-        pixels["bin1_id"].to_numpy(np.int64) - offset,
-        pixels["bin2_id"].to_numpy(np.int64) - offset,
-        pixels["count"].to_numpy(np.float64),
+        bins.astype({"chrom": str, "start": np.int64, "end": np.int64}),
+        b1[inside] - first,
+        b2[inside] - first,
+        count[inside],
         int(clr.binsize),
         weights,
         f"{uri}::{region}" if "::" not in uri else f"{uri} {region}",

@@ -1,0 +1,290 @@
+"""Scaling: time and peak memory against data size, on 1 and 4 (simulated) devices.
+
+Protocol. Each run is a child process (`_harness.run_child`: pinned to the same ``--threads``
+CPUs, same thread limits, its own peak resident memory), with
+``XLA_FLAGS=--xla_force_host_platform_device_count=D`` for ``D`` devices; with ``D > 1`` the
+analysis gets ``mesh=diffomics.core.data_mesh()`` and its rows are split over the devices.
+On a CPU the simulated devices share the same cores, so ``D = 4`` measures the cost of the
+partitioned program (and shows that it runs and gives the same answer), not a speed-up; on
+a machine with several accelerators the same code splits the work.
+
+- ``deconvolution``: `deconvolve` (Poisson, direct mode) of simulated spots
+  (`tests/spatial/simulate.py`: 8 types, 50 genes, 2-12 cells a spot) for exactly 200 Adam
+  steps (``tol=0``); time per step from `FitResult` (the first chunk of 50 steps, which
+  compiles, is reported apart). Accuracy: RMSE of the proportions against the planted ones.
+- ``spatial_genes``: `spatial_genes` (Nystrom kernel, 500 inducing points, 5 lengthscales,
+  no smoothing) of 100 simulated genes (20 with a planted sine pattern) on ``n`` random spots,
+  genes split over the devices; wall time of the call, and the number of planted genes
+  found at q < 0.05 and of null genes called.
+- ``integration``: `integrate` of two simulated Gaussian modalities (20 and 30 features,
+  two groups of cells) for 3 epochs of minibatches of 512 cells, every minibatch split over
+  the devices; median seconds per epoch after the first, and FOSCTTM.
+- ``hic``: `hic.analyze` (balance, expected, insulation at 10 bins, compartments on the
+  coarsened map; no dots) of a Poisson power-law band of 100 diagonals at 10 kb, given as a
+  scipy sparse matrix (no file); with 4 devices the pixels (balancing, expected) and the
+  rows of the band (insulation) are split over them.
+
+Run ``make bench-scale`` (``--threads 2``; ``--quick`` for the smallest sizes); writes
+``benchmarks/results/scale.json`` and ``scale.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(REPO))
+from _harness import RESULTS_DIR, machine, run_child, write_results  # noqa: E402
+
+NAME = "scale"
+SIZES = {
+    "deconvolution": (10_000, 100_000, 1_000_000),
+    "spatial_genes": (10_000, 100_000),
+    "integration": (10_000, 100_000),
+    "hic": (10_000, 50_000, 200_000),
+}
+QUICK = {"deconvolution": (10_000,), "spatial_genes": (10_000,), "integration": (10_000,),
+         "hic": (10_000,)}  # fmt: skip
+DEVICES = {"deconvolution": (1, 4), "spatial_genes": (1, 4), "integration": (1, 4), "hic": (1, 4)}
+SEED = 0
+
+
+def _mesh(devices: int):
+    import jax
+
+    from diffomics.core import data_mesh
+
+    assert jax.device_count() == devices, (jax.device_count(), devices)
+    return data_mesh() if devices > 1 else None
+
+
+def run_deconvolution(n: int, devices: int) -> dict:
+    from tests.spatial.simulate import simulate
+
+    from diffomics.spatial import deconvolve
+
+    spatial, reference = simulate(n_spots=n, n_types=8, n_genes=50, cells_per_type=50,
+                                  likelihood="poisson", seed=SEED)  # fmt: skip
+    truth = spatial.obsm["proportions_true"].to_numpy()
+    start = time.perf_counter()
+    res = deconvolve(spatial, reference, "cell_type", likelihood="poisson", max_steps=200,
+                     tol=0.0, progress=False, mesh=_mesh(devices))  # fmt: skip
+    total = time.perf_counter() - start
+    steps = res.fit.n_steps
+    return {
+        "seconds": total,
+        "first_chunk_seconds": res.fit.compile_seconds,
+        "seconds_per_step": res.fit.fit_seconds / max(steps - 50, 1),
+        "steps": steps,
+        "rmse": float(np.sqrt(np.mean((res.proportions.to_numpy() - truth) ** 2))),
+    }
+
+
+def _svg_data(n: int):
+    import anndata as ad
+    import pandas as pd
+
+    rng = np.random.default_rng(SEED)
+    xy = rng.uniform(0.0, 100.0, size=(n, 2))
+    n_genes, n_spatial = 100, 20
+    rate = np.full((n, n_genes), 5.0)
+    for g in range(n_spatial):
+        period = 20.0 + 2.0 * g
+        rate[:, g] *= np.exp(0.8 * np.sin(2 * np.pi * xy[:, g % 2] / period))
+    counts = rng.poisson(rate).astype(np.float32)
+    adata = ad.AnnData(counts, obs=pd.DataFrame(index=[f"s{i}" for i in range(n)]),
+                       var=pd.DataFrame(index=[f"g{j}" for j in range(n_genes)]))  # fmt: skip
+    adata.obsm["spatial"] = xy
+    return adata, n_spatial
+
+
+def run_spatial_genes(n: int, devices: int) -> dict:
+    from diffomics.spatial import spatial_genes
+
+    adata, n_spatial = _svg_data(n)
+    start = time.perf_counter()
+    table = spatial_genes(adata, n_lengthscales=5, n_smoothed=0, n_inducing=500,
+                          progress=False, mesh=_mesh(devices))  # fmt: skip
+    total = time.perf_counter() - start
+    q = table["qval"].to_numpy()
+    return {
+        "seconds": total,
+        "planted_found": int((q[:n_spatial] < 0.05).sum()),
+        "planted": n_spatial,
+        "null_called": int((q[n_spatial:] < 0.05).sum()),
+    }
+
+
+def run_integration(n: int, devices: int) -> dict:
+    import anndata as ad
+    import pandas as pd
+
+    from diffomics.integration import foscttm, integrate
+
+    rng = np.random.default_rng(SEED)
+    group = rng.integers(0, 2, n)
+    latent = rng.normal(size=(n, 3)) + 2.0 * group[:, None]
+    mods = {}
+    for name, dim in (("rna", 20), ("atac", 30)):
+        x = latent @ rng.normal(size=(3, dim)) + rng.normal(size=(n, dim))
+        mods[name] = ad.AnnData(x.astype(np.float32),
+                                obs=pd.DataFrame(index=[f"c{i}" for i in range(n)]))  # fmt: skip
+    start = time.perf_counter()
+    model = integrate(mods, likelihoods={"rna": "gaussian", "atac": "gaussian"},
+                      max_epochs=3, batch_size=512, hidden_dim=64, progress=False,
+                      mesh=_mesh(devices))  # fmt: skip
+    total = time.perf_counter() - start
+    sample = np.random.default_rng(1).choice(n, size=min(n, 5000), replace=False)
+    return {
+        "seconds": total,
+        "first_epoch_seconds": model.report["first_epoch_seconds"],
+        "seconds_per_epoch": model.report["seconds_per_epoch"],
+        "foscttm_5000_cells": float(foscttm(model.latent(["rna"])[sample],
+                                            model.latent(["atac"])[sample])),  # fmt: skip
+    }
+
+
+def run_hic(n: int, devices: int) -> dict:
+    import scipy.sparse
+
+    from diffomics.hic import analyze
+
+    rng = np.random.default_rng(SEED)
+    n_diags = 100
+    rows, cols, vals = [], [], []
+    for d in range(n_diags + 1):
+        i = np.arange(n - d)
+        c = rng.poisson(200.0 / (1.0 + d), size=i.size)
+        keep = c > 0
+        rows.append(i[keep])
+        cols.append(i[keep] + d)
+        vals.append(c[keep])
+    rows, cols, vals = (np.concatenate(a) for a in (rows, cols, vals))
+    upper = scipy.sparse.coo_matrix((vals.astype(np.float64), (rows, cols)), shape=(n, n))
+    matrix = (upper + scipy.sparse.triu(upper, 1).T).tocsr()  # symmetric
+    start = time.perf_counter()
+    res = analyze(matrix, resolution=10_000, windows=(100_000,), loops=False,
+                  progress=False, mesh=_mesh(devices))  # fmt: skip
+    total = time.perf_counter() - start
+    return {
+        "seconds": total,
+        "nnz": int(len(vals)),
+        "masked_bins": int(np.isnan(res.weights).sum()),
+        "boundaries": len(res.boundaries),
+        "compartment_resolution": res.compartment_resolution,
+    }
+
+
+RUNNERS = {"deconvolution": run_deconvolution, "spatial_genes": run_spatial_genes,
+           "integration": run_integration, "hic": run_hic}  # fmt: skip
+
+
+def child(args) -> None:
+    out = RUNNERS[args.workload](args.size, args.devices)
+    Path(args.out).write_text(json.dumps(out))
+
+
+def _table(results: list[dict]) -> str:
+    lines = ["| workload | size | devices | wall s (child) | peak RSS MiB | time | accuracy |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in results:
+        o = r.get("result") or {}
+        if r["workload"] == "deconvolution":
+            t = f"{o.get('seconds_per_step', float('nan')):.3f} s/step " \
+                f"(first 50 steps {o.get('first_chunk_seconds', float('nan')):.1f} s)"
+            acc = f"RMSE {o.get('rmse', float('nan')):.4f}"
+        elif r["workload"] == "spatial_genes":
+            t = f"{o.get('seconds', float('nan')):.1f} s"
+            acc = f"{o.get('planted_found')} of {o.get('planted')} planted; " \
+                  f"{o.get('null_called')} null called"
+        elif r["workload"] == "integration":
+            t = f"{o.get('seconds_per_epoch', float('nan')):.2f} s/epoch " \
+                f"(first {o.get('first_epoch_seconds', float('nan')):.1f} s)"
+            acc = f"FOSCTTM {o.get('foscttm_5000_cells', float('nan')):.3f}"
+        else:
+            t = f"{o.get('seconds', float('nan')):.1f} s"
+            acc = f"{o.get('nnz', 0):,} pixels; {o.get('masked_bins')} masked bins; " \
+                  f"{o.get('boundaries')} boundaries"
+        status = "" if r["returncode"] == 0 else f" (exit {r['returncode']})"
+        lines.append(f"| {r['workload']} | {r['size']:,} | {r['devices']} | "
+                     f"{r['wall_seconds']:.1f}{status} | {r['peak_rss_mib']:.0f} | {t} | {acc} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="the smallest size of each")
+    parser.add_argument("--workloads", nargs="*", default=list(RUNNERS))
+    parser.add_argument("--update", action="store_true",
+                        help="rerun only --workloads; keep the other rows of the last run")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--workload", help=argparse.SUPPRESS)
+    parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--devices", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args)
+        return
+    sizes = QUICK if args.quick else SIZES
+    results, kept = [], []
+    previous = RESULTS_DIR / f"{NAME}.json"
+    if args.update and previous.exists():
+        kept = [r for r in json.loads(previous.read_text())["results"]
+                if r["workload"] not in args.workloads]  # fmt: skip
+    began = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        for workload in args.workloads:
+            for size in sizes[workload]:
+                for devices in DEVICES[workload]:
+                    out = Path(tmp) / f"{workload}_{size}_{devices}.json"
+                    cmd = [sys.executable, __file__, "--child", "--workload", workload,
+                           "--size", str(size), "--devices", str(devices), "--out", str(out)]
+                    flag = f"--xla_force_host_platform_device_count={devices}"
+                    print(f"{workload} n={size:,} devices={devices}", flush=True)
+                    info = run_child(cmd, threads=args.threads, extra_xla_flags=flag)
+                    info.update(workload=workload, size=size, devices=devices,
+                                result=json.loads(out.read_text()) if out.exists() else None)
+                    print(f"  {info['wall_seconds']:.1f} s, {info['peak_rss_mib']:.0f} MiB, "
+                          f"{info['result']}", flush=True)
+                    results.append(info)
+    order = list(RUNNERS)
+    results = sorted(kept + results, key=lambda r: (order.index(r["workload"]), r["size"],
+                                                    r["devices"]))  # fmt: skip
+    payload = {
+        "command": "make bench-scale" + (" (--quick)" if args.quick else "")
+        + (f" (--update --workloads {' '.join(args.workloads)})" if kept else ""),
+        "threads": args.threads,
+        "machine": machine(),
+        "protocol": __doc__,
+        "results": results,
+        "total_seconds": time.perf_counter() - began,
+    }
+    markdown = "\n".join([
+        "# Scaling: time and peak memory against data size, 1 and 4 devices",
+        "",
+        f"Command: `{payload['command']}`; {args.threads} thread(s), pinned; "
+        f"{payload['machine']['date']}; total {payload['total_seconds'] / 60:.1f} min. "
+        "The 4 devices are simulated on the same CPU cores "
+        "(`--xla_force_host_platform_device_count=4`): they show the partitioned program "
+        "runs and agrees, not a speed-up. Peak RSS is the child process's (host memory, "
+        "which on a CPU is also the devices').",
+        "",
+        _table(results),
+        "",
+    ])  # fmt: skip
+    for path in write_results(NAME, payload, markdown):
+        print(path)
+
+
+if __name__ == "__main__":
+    main()
