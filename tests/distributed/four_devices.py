@@ -196,9 +196,9 @@ def test_spatial_genes_on_four_devices_equals_one_device():
 
 
 def test_hic_analysis_on_four_devices_equals_one_device():
-    # GM12878 chr22 at 50 kb: ICE and the expected on pixels split over the devices, the
-    # insulation on row tiles of the band; the same weights, expected and insulation to
-    # float32 rounding (log2 scores: 7e-5 measured), the same boundaries
+    # GM12878 chr22 at 50 kb: ICE, the expected and the band from pixels split over the
+    # devices; the same weights, expected and insulation to float32 rounding (log2 scores:
+    # 7e-5 measured with row tiles of the band), the same boundaries
     from diffomics.datasets import gm12878_hic
     from diffomics.hic import analyze, read_cool
     from diffomics.hic._analysis import _padded_bins, _padded_pixels

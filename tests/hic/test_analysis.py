@@ -81,6 +81,20 @@ def test_coarsened_compartments_for_large_maps(planted):
     assert np.corrcoef(e1[ok], coarse_truth[ok])[0, 1] > 0.9
 
 
+def test_a_coarsened_map_that_cannot_be_balanced_is_named_with_the_way_out():
+    # a band of 12 diagonals (enough pixels to balance at 10 kb) coarsened 20-fold: every
+    # coarse bin has at most 3 non-zero pixels, under ICE's min_nnz of 10
+    n = 400
+    band = sum(scipy.sparse.eye(n, k=k) for k in range(-11, 12)) * 50.0
+    with pytest.raises(CountsError, match=r"compartments: the map coarsened to 200,000 bp.*"
+                                          r"n_eigs=0"):  # fmt: skip
+        analyze(band.tocsr(), resolution=10_000, compartment_max_bins=20, windows=[30_000],
+                loops=False, ignore_diags=1)  # fmt: skip
+    res = analyze(band.tocsr(), resolution=10_000, n_eigs=0, windows=[30_000], loops=False,
+                  ignore_diags=1)  # fmt: skip
+    assert res.compartments is None and np.isfinite(res.weights).sum() > n - 30  # edges masked
+
+
 # --- agreement with cooler / cooltools on the real GM12878 maps -----------------------------
 
 MAPS = {

@@ -20,6 +20,29 @@ def _outputs(folder):
     return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
 
 
+def _interrupt_when_checkpointed(args, checkpoint):
+    """Run the command `args` in a child and SIGINT it once `checkpoint` exists.
+
+    Returns the child's exit status (non-zero when the signal stopped it).
+    """
+    code = "import sys; from diffomics.cli import main; sys.exit(main(sys.argv[1:]))"
+    proc = subprocess.Popen([sys.executable, "-c", code, *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline:
+        if checkpoint.exists():  # at least one chunk / epoch is done: interrupt it
+            os.kill(proc.pid, signal.SIGINT)
+            break
+        time.sleep(0.005)
+    return proc.wait(timeout=60)
+
+
+def _assert_same_table(first, second):
+    pd.testing.assert_frame_equal(pd.read_csv(first, sep="\t", index_col=0),
+                                  pd.read_csv(second, sep="\t", index_col=0),
+                                  check_exact=True)  # fmt: skip
+
+
 def test_killed_run_leaves_no_truncated_file_and_reruns_identically(tmp_path):
     spatial, reference = simulate(n_spots=60, n_genes=40, seed=3)
     spatial.write_h5ad(tmp_path / "spots.h5ad")
@@ -70,25 +93,12 @@ def test_fit_killed_by_a_signal_resumes_from_its_checkpoint(tmp_path):
     assert main([*args, "--out", str(tmp_path / "through")]) == 0
     checkpoint = tmp_path / "fit.npz"
     resume = [*args, "--checkpoint", str(checkpoint), "--out", str(tmp_path / "resumed")]
-    code = "import sys; from diffomics.cli import main; sys.exit(main(sys.argv[1:]))"
-    proc = subprocess.Popen([sys.executable, "-c", code, *resume],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    deadline = time.monotonic() + 120
-    while proc.poll() is None and time.monotonic() < deadline:
-        if checkpoint.exists():  # at least one chunk of the fit is done: kill it mid-fit
-            os.kill(proc.pid, signal.SIGINT)
-            break
-        time.sleep(0.005)
-    proc.wait(timeout=60)
-    assert proc.returncode != 0 and checkpoint.exists(), "the fit ended before the signal"
+    returncode = _interrupt_when_checkpointed(resume, checkpoint)
+    assert returncode != 0 and checkpoint.exists(), "the fit ended before the signal"
     assert not (tmp_path / "resumed").exists()  # nothing written before the fit ends
     assert main(resume) == 0
     name = "spots.deconvolved.proportions.tsv"
-    pd.testing.assert_frame_equal(
-        pd.read_csv(tmp_path / "resumed" / name, sep="\t", index_col=0),
-        pd.read_csv(tmp_path / "through" / name, sep="\t", index_col=0),
-        check_exact=True,
-    )
+    _assert_same_table(tmp_path / "resumed" / name, tmp_path / "through" / name)
 
 
 def test_integration_killed_by_a_signal_resumes_from_its_checkpoint(tmp_path):
@@ -107,24 +117,11 @@ def test_integration_killed_by_a_signal_resumes_from_its_checkpoint(tmp_path):
     assert main([*args, "--out", str(tmp_path / "through")]) == 0
     checkpoint = tmp_path / "train.npz"
     resume = [*args, "--checkpoint", str(checkpoint), "--out", str(tmp_path / "resumed")]
-    code = "import sys; from diffomics.cli import main; sys.exit(main(sys.argv[1:]))"
-    proc = subprocess.Popen([sys.executable, "-c", code, *resume],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    deadline = time.monotonic() + 120
-    while proc.poll() is None and time.monotonic() < deadline:
-        if checkpoint.exists():  # at least one epoch is done: interrupt training
-            os.kill(proc.pid, signal.SIGINT)
-            break
-        time.sleep(0.005)
-    proc.wait(timeout=60)
-    assert proc.returncode != 0 and checkpoint.exists(), "training ended before the signal"
+    returncode = _interrupt_when_checkpointed(resume, checkpoint)
+    assert returncode != 0 and checkpoint.exists(), "training ended before the signal"
     with np.load(checkpoint) as stored:
         assert 1 <= len(stored["history"]) < 12  # stopped mid-training
     assert not (tmp_path / "resumed").exists()
     assert main(resume) == 0
     name = "rna_atac.integrated.latent.tsv"
-    pd.testing.assert_frame_equal(
-        pd.read_csv(tmp_path / "resumed" / name, sep="\t", index_col=0),
-        pd.read_csv(tmp_path / "through" / name, sep="\t", index_col=0),
-        check_exact=True,
-    )
+    _assert_same_table(tmp_path / "resumed" / name, tmp_path / "through" / name)

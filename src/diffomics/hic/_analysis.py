@@ -317,12 +317,15 @@ def analyze(
       lambda_bin_fdr: FDR within lambda bins.
       clustering_radius: bp.
       progress: a progress bar over the steps (None: only on a terminal).
-      mesh: a device mesh (`diffomics.core.data_mesh`): balancing and the expected run on
-        pixels split over its devices, insulation on row tiles of the band (each device a
-        block of bins with all their diagonals; XLA exchanges the window's overlap between
-        neighbouring tiles). Compartments (one dense matrix of at most
-        `compartment_max_bins`) and dots (tiled on the host) are not split. The tables
-        equal the one-device ones up to float32 rounding. None (default): no placement.
+      mesh: a device mesh (`diffomics.core.data_mesh`): balancing, the expected and the
+        band are computed from pixels split over its devices (one sum of the per-device
+        marginals per ICE iteration). The band itself (`n_bins x` its diagonals), the
+        insulation, compartments (one dense matrix of at most `compartment_max_bins`) and
+        dots (tiled on the host) are not split: on row tiles of the band the insulation
+        took 8 s instead of 0.03 s (20,000 bins, 4 simulated devices; its sliding window
+        sums cross the tiles).
+        The tables equal the one-device ones up to float32 rounding. None (default): no
+        placement.
 
     Returns:
       A `HiCResult`.
@@ -407,8 +410,6 @@ def analyze(
         b1, b2, counts, wj, np.r_[valid, np.zeros(n_pad - n, bool)], n_bins=n_pad,
         n_diags=n_diags,
     )  # fmt: skip
-    if mesh is not None:  # row tiles of the band, one per device
-        balanced_band, mask = shard_rows(balanced_band, mesh), shard_rows(mask, mesh)
 
     steps.update()
     steps.set_postfix_str("insulation")
@@ -446,7 +447,16 @@ def analyze(
         factor = -(-n // compartment_max_bins)
         coarse = cmap.coarsen(factor)
         if factor > 1:
-            cw, info = ice_balance(coarse, ignore_diags=ignore_diags)
+            try:
+                cw, info = ice_balance(coarse, ignore_diags=ignore_diags)
+            except CountsError as err:  # say that it is the coarsened map, and what to do
+                msg = (
+                    f"compartments: the map coarsened to {coarse.resolution:,} bp bins (at most "
+                    f"compartment_max_bins={compartment_max_bins} bins) cannot be balanced: "
+                    f"{err} Pass n_eigs=0 to skip compartments, or a larger "
+                    "compartment_max_bins."
+                )
+                raise CountsError(msg) from err
             report["compartment_balance"] = info
         else:
             cw = weights
