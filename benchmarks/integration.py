@@ -539,6 +539,10 @@ NOTES = [
     "proteins of 250 random cells are hidden from training (diffomics: mosaic join='outer'; "
     "totalVI: zero proteins in their own batch, its missing-protein set-up) and predicted "
     "from RNA; r is over those 250 cells only.",
+    "The nb_mixture rows model the proteins as totalVI does (a background / foreground NB "
+    "mixture with a per-cell background latent and the empirical background prior of "
+    "protein_background_prior); the RNA likelihood and every other setting are the default "
+    "row's.",
     "diffomics' imputation r is impute('protein', ['rna'], library='median'): one constant "
     "size factor (the median observed protein total) for every cell. With "
     "library='observed' each cell is scaled by its own observed protein total, which uses "

@@ -148,10 +148,14 @@ def test_insulation_and_boundaries_match_cooltools(real):
         r, _ = _pearson(res.insulation[f"log2_insulation_score_{w}"].to_numpy(),
                         ref["insulation"][f"log2_insulation_score_{w}"].to_numpy())  # fmt: skip
         assert r > 0.9999
+        # the same boundaries: prominence measured as cooltools measures it, also next to
+        # the unmappable blocks (chr22 bin 352 at 250 kb: 0.539, the textbook value 0.106)
         ours = res.insulation[f"is_boundary_{w}"].to_numpy()
         theirs = ref["insulation"][f"is_boundary_{w}"].to_numpy().astype(bool)
-        jaccard = (ours & theirs).sum() / (ours | theirs).sum()
-        assert jaccard > 0.95, w
+        np.testing.assert_array_equal(ours, theirs)
+        strength = f"boundary_strength_{w}"
+        np.testing.assert_allclose(res.insulation[strength], ref["insulation"][strength],
+                                   atol=5e-4)  # fmt: skip
 
 
 def test_dots_match_cooltools_dots(real):

@@ -147,9 +147,13 @@ def test_insulation_matches_the_diamond_definition_on_any_band(sim, window):
 
 
 def test_boundary_strength_is_the_prominence_of_minima():
+    # prominence as cooltools measures it: on the side(s) with a deeper point, the rise to
+    # the highest point before it (bin 3: 0.2 on the right, 0.3 on the left; bin 5: 0.8 on
+    # the left only, where the textbook value measures the right side to the edge too);
+    # the deepest minimum (bin 1) from the highest local maximum (0.5)
     s = np.array([0.0, -1.0, 0.5, 0.2, 0.4, -0.3, 1.0])
     out = boundary_strength(s, np.ones(7))
-    np.testing.assert_allclose(out[[1, 3, 5]], [1.0, 0.2, 0.8])
+    np.testing.assert_allclose(out[[1, 3, 5]], [1.5, 0.2, 0.8])
     assert np.isnan(out[[0, 2, 4, 6]]).all()
     # bins with too few valid pixels are not candidates
     assert np.isnan(boundary_strength(s, np.r_[1, 0.1, np.ones(5)])[1])

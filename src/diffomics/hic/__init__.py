@@ -31,6 +31,7 @@ from diffomics.hic._insulation import Insulation as Insulation
 from diffomics.hic._insulation import boundary_strength as boundary_strength
 from diffomics.hic._insulation import insulation as insulation
 from diffomics.hic._insulation import li_threshold as li_threshold
+from diffomics.hic._insulation import peak_prominence as peak_prominence
 from diffomics.hic._insulation import soft_boundaries as soft_boundaries
 from diffomics.hic._io import ContactMap as ContactMap
 from diffomics.hic._io import count_features as count_features
@@ -64,6 +65,7 @@ __all__ = [
     "insulation",
     "lambda_thresholds",
     "li_threshold",
+    "peak_prominence",
     "local_expected",
     "marginals",
     "observed_over_expected",

@@ -66,9 +66,16 @@ def _balanced_band(bin1, bin2, counts, weights, valid, *, n_bins, n_diags):
     return counts_band, counts_band * weights[:, None] * weights[idx], mask
 
 
+# up to this many bins the full decomposition is as fast as LOBPCG and compiles 3 times
+# faster (CPU, 2 threads, 3 eigenpairs: 128 bins 2 ms against 4 ms, compiling 0.6 s against
+# 2.0 s; 256 bins 15 ms against 5 ms; 1,024 bins 0.35 s against 0.06 s)
+_EIGH_MAX_BINS = 192
+
+
 @functools.partial(jax.jit, static_argnames=("n_eigs", "ignore_diags", "n_bins"))
 def _cis_eigs_jit(matrix, valid, *, n_eigs, ignore_diags, n_bins):
-    return cis_eigs(matrix, valid, n_eigs=n_eigs, ignore_diags=ignore_diags, solver="lobpcg",
+    solver = "eigh" if matrix.shape[0] <= _EIGH_MAX_BINS else "lobpcg"
+    return cis_eigs(matrix, valid, n_eigs=n_eigs, ignore_diags=ignore_diags, solver=solver,
                     n_bins=n_bins)  # fmt: skip
 
 

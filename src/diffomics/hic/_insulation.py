@@ -7,7 +7,6 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import scipy.signal
 from jax import Array
 
 __all__ = [
@@ -15,6 +14,7 @@ __all__ = [
     "boundary_strength",
     "insulation",
     "li_threshold",
+    "peak_prominence",
     "soft_boundaries",
 ]
 
@@ -90,12 +90,75 @@ def insulation(band: Array, mask: Array, window: int, *, ignore_diags: int = 2) 
     return Insulation(total, n_pixels, log2)
 
 
+def _nearest_higher_left(x: np.ndarray) -> np.ndarray:
+    """Index of the nearest point to the left of each point that is strictly higher (-1: none).
+
+    One pass with a stack of decreasing values, O(n).
+    """
+    out = np.full(x.size, -1, np.int64)
+    stack: list[int] = []
+    for i, v in enumerate(x.tolist()):
+        while stack and x[stack[-1]] <= v:
+            stack.pop()
+        if stack:
+            out[i] = stack[-1]
+        stack.append(i)
+    return out
+
+
+def peak_prominence(x: np.ndarray) -> np.ndarray:
+    """Prominence of each local maximum of a track, as cooltools' ``find_peak_prominence``.
+
+    A local maximum is strictly higher than both neighbours. On each side, its prominence is
+    its height over the lowest point between it and the nearest strictly higher point on that
+    side; with a higher point on one side only, that side's value; with both, the smaller.
+    The highest peak (no higher point on either side) is measured from the lowest local
+    minimum of the track. This differs from the textbook (and ``scipy.signal``) prominence,
+    which measures a side with no higher point down to the edge of the track: near the ends
+    of a chromosome, or of an unmappable block, that gives a smaller value.
+
+    Args:
+      x: `(n,)` finite values.
+
+    Returns:
+      `(n,)` float64: prominence at local maxima, NaN elsewhere.
+
+    Examples:
+      >>> peak_prominence(np.array([0.0, 2.0, 1.0, 3.0, 0.5])).tolist()
+      [nan, 1.0, nan, 2.0, nan]
+    """
+    x = np.asarray(x, dtype=np.float64)
+    n = x.size
+    out = np.full(n, np.nan)
+    if n < 3:
+        return out
+    inner = x[1:-1]
+    peaks = np.flatnonzero((inner > x[:-2]) & (inner > x[2:])) + 1
+    if peaks.size == 0:
+        return out
+    left = _nearest_higher_left(x)
+    mirrored = _nearest_higher_left(x[::-1])[::-1]
+    right = np.where(mirrored >= 0, n - 1 - mirrored, -1)
+    on_left = np.array([x[p] - x[left[p] : p].min() if left[p] >= 0 else np.nan for p in peaks])
+    on_right = np.array([x[p] - x[p : right[p]].min() if right[p] >= 0 else np.nan
+                         for p in peaks])  # fmt: skip
+    prominence = np.fmin(on_left, on_right)
+    highest = np.flatnonzero(np.isnan(prominence))
+    if highest.size:  # the first highest peak (cooltools leaves any tied one NaN)
+        minima = np.flatnonzero((inner < x[:-2]) & (inner < x[2:])) + 1
+        base = x[minima].min() if minima.size else x.min()
+        prominence[highest[0]] = x[peaks[highest[0]]] - base
+    out[peaks] = prominence
+    return out
+
+
 def boundary_strength(log2_score: np.ndarray, n_pixels: np.ndarray, *, min_frac_valid_pixels=0.66):
     """Boundary strength of each local minimum of the insulation profile.
 
-    The strength is the topographic prominence of the minimum (its depth below the lower
-    of the two higher points that bound it), as cooltools' ``find_boundaries``; bins whose
-    diamond has fewer than ``min_frac_valid_pixels`` of the most valid pixels are left out.
+    The strength is the prominence of the minimum (`peak_prominence` of the negated
+    profile), as cooltools' ``find_boundaries``; bins whose diamond has fewer than
+    ``min_frac_valid_pixels`` of the most valid pixels are left out first, and the profile
+    runs on over them.
 
     Args:
       log2_score: `(n_bins,)` log2 insulation (NaN allowed).
@@ -108,19 +171,14 @@ def boundary_strength(log2_score: np.ndarray, n_pixels: np.ndarray, *, min_frac_
     Examples:
       >>> s = np.array([0.5, 0.0, 0.4, -0.6, 0.3, 0.2])
       >>> boundary_strength(s, np.ones(6)).round(2).tolist()
-      [nan, 0.4, nan, 0.9, nan, nan]
+      [nan, 0.4, nan, 1.0, nan, nan]
     """
     log2_score = np.asarray(log2_score, dtype=np.float64)
     n_pixels = np.asarray(n_pixels, dtype=np.float64)
     keep = (n_pixels >= np.max(n_pixels) * min_frac_valid_pixels) & np.isfinite(log2_score)
     idx = np.flatnonzero(keep)
     out = np.full(log2_score.shape, np.nan)
-    if idx.size < 3:
-        return out
-    depth = -log2_score[idx]
-    peaks, _ = scipy.signal.find_peaks(depth)
-    prominence = scipy.signal.peak_prominences(depth, peaks)[0]
-    out[idx[peaks]] = prominence
+    out[idx] = peak_prominence(-log2_score[idx])
     return out
 
 
