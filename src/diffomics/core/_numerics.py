@@ -38,6 +38,7 @@ def float_dtype(x) -> jnp.dtype:
     """
     return jnp.result_type(x, default_float())
 
+
 def safe_sqrt(x: Array) -> Array:
     """``sqrt(x)`` for ``x >= 0`` whose gradient at 0 is 0 instead of infinite.
 

@@ -9,8 +9,14 @@ from typing import Any, ClassVar
 from flax import nnx
 
 from diffomics.core._checks import check_keys
+from diffomics.core._numerics import default_float
 
 __all__ = ["Operator", "OperatorConfig"]
+
+
+def linear(n_in: int, n_out: int, *, rngs: nnx.Rngs) -> nnx.Linear:
+    """A dense layer of an operator, its parameters in `default_float` (float64 under x64)."""
+    return nnx.Linear(n_in, n_out, param_dtype=default_float(), rngs=rngs)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

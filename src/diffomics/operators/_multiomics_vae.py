@@ -27,7 +27,7 @@ from diffomics.core._likelihoods import (
     zinb_log_prob,
 )
 from diffomics.core._numerics import default_float, float_dtype
-from diffomics.core._operator import Operator, OperatorConfig
+from diffomics.core._operator import Operator, OperatorConfig, linear
 from diffomics.integration._poe import gaussian_kl, product_of_experts, symmetric_gaussian_kl
 
 __all__ = [
@@ -177,15 +177,10 @@ class MultiOmicsVAEConfig(OperatorConfig):
         return [_DEFAULT_LIKELIHOOD.get(n, "gaussian") for n in self.names]
 
 
-def _linear(n_in: int, n_out: int, *, rngs: nnx.Rngs) -> nnx.Linear:
-    """A dense layer with parameters in `default_float` (float64 under x64)."""
-    return nnx.Linear(n_in, n_out, param_dtype=default_float(), rngs=rngs)
-
-
 def _mlp(n_in: int, hidden: int, n_layers: int, rngs: nnx.Rngs, dropout: float = 0.0):
     layers = []
     for k in range(n_layers):
-        layers += [_linear(n_in if k == 0 else hidden, hidden, rngs=rngs),
+        layers += [linear(n_in if k == 0 else hidden, hidden, rngs=rngs),
                    nnx.LayerNorm(hidden, rngs=rngs), nnx.relu]  # fmt: skip
         if dropout:
             layers.append(nnx.Dropout(dropout, rngs=rngs))
@@ -198,8 +193,8 @@ class _Encoder(nnx.Module):
     def __init__(self, n_in, config: MultiOmicsVAEConfig, rngs: nnx.Rngs):
         c = config
         self.body = _mlp(n_in + c.n_batches, c.hidden_dim, c.n_layers, rngs, c.dropout_rate)
-        self.mean = _linear(c.hidden_dim, c.latent_dim, rngs=rngs)
-        self.logvar = _linear(c.hidden_dim, c.latent_dim, rngs=rngs)
+        self.mean = linear(c.hidden_dim, c.latent_dim, rngs=rngs)
+        self.logvar = linear(c.hidden_dim, c.latent_dim, rngs=rngs)
 
     def __call__(self, x, batch):
         h = self.body(jnp.concatenate([x, batch], axis=-1))
@@ -213,20 +208,20 @@ class _Decoder(nnx.Module):
         c = config
         self.likelihood = likelihood
         self.body = _mlp(c.latent_dim + c.n_batches, c.hidden_dim, c.n_layers, rngs)
-        self.head = _linear(c.hidden_dim, n_out, rngs=rngs)
+        self.head = linear(c.hidden_dim, n_out, rngs=rngs)
         zinb, bernoulli = likelihood == "zinb", likelihood == "bernoulli"
-        self.zero_logits = _linear(c.hidden_dim, n_out, rngs=rngs) if zinb else None
+        self.zero_logits = linear(c.hidden_dim, n_out, rngs=rngs) if zinb else None
         # per-feature parameters: NB log inverse dispersion, Gaussian log scale, region factor
         self.feature_param = nnx.Param(jnp.zeros((n_out,)))
         self.cell_factor = _mlp(n_out + c.n_batches, c.hidden_dim, 1, rngs) if bernoulli else None
-        self.cell_head = _linear(c.hidden_dim, 1, rngs=rngs) if bernoulli else None
+        self.cell_head = linear(c.hidden_dim, 1, rngs=rngs) if bernoulli else None
         # nb_mixture (totalVI): `head` gives the background log mean, whose prior per
         # feature is N(prior_mean, exp(prior_log_sd) ** 2)
         mixture = likelihood == "nb_mixture"
         self.mixture = nnx.Dict(
-            background_log_sd=_linear(c.hidden_dim, n_out, rngs=rngs),
-            foreground_scale=_linear(c.hidden_dim, n_out, rngs=rngs),
-            background_logits=_linear(c.hidden_dim, n_out, rngs=rngs),
+            background_log_sd=linear(c.hidden_dim, n_out, rngs=rngs),
+            foreground_scale=linear(c.hidden_dim, n_out, rngs=rngs),
+            background_logits=linear(c.hidden_dim, n_out, rngs=rngs),
             prior_mean=nnx.Param(jnp.zeros((n_out,))),
             prior_log_sd=nnx.Param(jnp.zeros((n_out,))),
         ) if mixture else None  # fmt: skip

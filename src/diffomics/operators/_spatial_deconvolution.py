@@ -15,7 +15,7 @@ from diffomics.core._checks import check_choice, check_counts, check_matrix, che
 from diffomics.core._errors import ConfigError
 from diffomics.core._likelihoods import LIKELIHOODS
 from diffomics.core._numerics import default_float
-from diffomics.core._operator import Operator, OperatorConfig
+from diffomics.core._operator import Operator, OperatorConfig, linear
 from diffomics.operators._keys import DECONVOLUTION_KEYS as K
 from diffomics.spatial._deconvolution import (
     deconvolution_mean,
@@ -136,9 +136,9 @@ class SpatialDeconvolution(Operator):
         c = config
         if c.mode == "amortized":
             self.encoder = nnx.Sequential(
-                nnx.Linear(c.n_genes, c.hidden_dim, param_dtype=default_float(), rngs=rngs),
+                linear(c.n_genes, c.hidden_dim, rngs=rngs),
                 nnx.relu,
-                nnx.Linear(c.hidden_dim, c.n_cell_types, param_dtype=default_float(), rngs=rngs),
+                linear(c.hidden_dim, c.n_cell_types, rngs=rngs),
             )
         else:
             self.logits = nnx.Param(jnp.zeros((c.n_spots, c.n_cell_types)))
