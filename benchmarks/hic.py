@@ -885,7 +885,7 @@ def main() -> None:
             "clustering_radius=20000)",
             "diffomics_balance": "ice_balance(read_cool(path, region=chromnames), "
             "cis_only=True) (ignore_diags=2, min_nnz=10, mad_max=5, max_iter=200, tol=1e-10)",
-            "diffomics_steps": "analyze(path, region=chrom, balance=weights, windows=() | "
+            "diffomics_steps": "analyze(path, region=chroms, balance=weights, windows=() | "
             "windows, n_eigs=0 | 3, loops=False | True, phasing_track, max_loci_separation)",
         },
         "maps": [],

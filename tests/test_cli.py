@@ -2,6 +2,7 @@ import json
 import os
 import re
 import shutil
+from pathlib import Path
 
 import anndata as ad
 import numpy as np
@@ -197,7 +198,19 @@ def test_hic_command(tmp_path, capsys):
     assert not list(out.glob(".*"))
 
 
+def test_hic_command_on_several_chromosomes(tmp_path, capsys):
+    cool = Path(__file__).parent / "data" / "hic" / "CN.mm9.10000kb.cool"
+    out = tmp_path / "o"
+    args = ["hic", str(cool), "--region", "chr1,chr2,chrX", "--windows", "30000000"]
+    assert main([*args, "--no-loops", "--out", str(out)]) == 0
+    assert "56 bins of 10000 kb, 2 masked" in capsys.readouterr().out  # 20 + 19 + 17 bins
+    comp = pd.read_csv(out / "CN.mm9.10000kb.chr1-chrX.compartments.tsv", sep="\t")
+    assert comp["chrom"].unique().tolist() == ["chr1", "chr2", "chrX"]
+    assert (out / "CN.mm9.10000kb.chr1-chrX.tracks.svg").is_file()
+
+
 def _write_h5mu(path, mods):
+
     """A MuData file as mudata writes it (modalities under /mod), without needing mudata."""
     import anndata.io
     import h5py

@@ -15,9 +15,10 @@ does:
 - diffomics balance: ``ice_balance(read_cool(path, region=<every chromosome of the file>),
   cis_only=True)``, the whole file at once as cooler's call (the filters' MAD cut-off is set
   from all chromosomes, each chromosome is balanced on its own).
-- diffomics expected / eigs / insulation / dots: ``analyze(path, region=chrom,
-  balance=<its own weights>, ...)`` with only that step enabled (``windows=()``, ``n_eigs=0``,
-  ``loops=False`` otherwise). `analyze` always computes the expected, which is cheap.
+- diffomics expected / eigs / insulation / dots: ``analyze(path, region=<the chromosomes>,
+  balance=<their weights>, ...)``, one call over the chromosomes as cooltools' over its view,
+  with only that step enabled (``windows=()``, ``n_eigs=0``, ``loops=False`` otherwise).
+  `analyze` always computes the expected, which is cheap.
 - cooler balance: ``balance_cooler(clr, cis_only=True, store=True)`` with cooler's defaults,
   on a copy of the file (``shutil.copyfile``: the sources are read-only).
 - cooltools: ``expected_cis(smooth=False, aggregate_smoothed=False)`` (diffomics does not
@@ -159,7 +160,7 @@ def _diffomics(step: str, spec: dict, folder: Path, limit: float) -> dict:
         return {**timing, "info": info}
 
     with np.load(folder / "weights.npz") as saved:
-        weights = {c: saved[c] for c in chroms}
+        weights = np.concatenate([saved[c] for c in chroms])
     track = _track(spec)
     kwargs = {"windows": (), "n_eigs": 0, "loops": False}
     if step == "eigs":
@@ -170,28 +171,24 @@ def _diffomics(step: str, spec: dict, folder: Path, limit: float) -> dict:
         kwargs.update(loops=True, max_loci_separation=spec["max_loci_separation"])
 
     def fn():
-        return [analyze(path, region=c, balance=weights[c], **kwargs) for c in chroms]
+        return analyze(path, region=chroms, balance=weights, **kwargs)
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        results, timing = _calls(fn, limit)
+        result, timing = _calls(fn, limit)
     info["warnings"] = sorted({str(w.message) for w in caught})
     if step == "expected":
-        table = pd.concat([r.expected for r in results], ignore_index=True)
-        table[["region1", "dist", "n_valid", "balanced.avg"]].to_csv(
+        result.expected[["region1", "dist", "n_valid", "balanced.avg"]].to_csv(
             folder / "expected.tsv", sep="\t", index=False
         )
     elif step == "eigs":
-        table = pd.concat([r.compartments for r in results], ignore_index=True)
-        table.to_csv(folder / "eigs.tsv", sep="\t", index=False)
-        info["compartment_resolution"] = sorted({r.compartment_resolution for r in results})
+        result.compartments.to_csv(folder / "eigs.tsv", sep="\t", index=False)
+        info["compartment_resolution"] = result.compartment_resolution
     elif step == "insulation":
-        table = pd.concat([r.insulation for r in results], ignore_index=True)
-        table.to_csv(folder / "insulation.tsv", sep="\t", index=False)
+        result.insulation.to_csv(folder / "insulation.tsv", sep="\t", index=False)
     elif step == "dots":
-        table = pd.concat([r.loops for r in results], ignore_index=True)
-        table.to_csv(folder / "dots.tsv", sep="\t", index=False)
-        info["n_dots"] = len(table)
+        result.loops.to_csv(folder / "dots.tsv", sep="\t", index=False)
+        info["n_dots"] = len(result.loops)
     return {**timing, "info": info}
 
 

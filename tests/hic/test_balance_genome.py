@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from diffomics.core import MissingKeyError
+from diffomics.core import MissingKeyError, ShapeError
 from diffomics.core._errors import ConfigError
 from diffomics.hic import analyze, ice, ice_balance, ice_filters, read_cool
 
@@ -98,5 +98,72 @@ def test_genome_balancing_errors(genome):
         ice_balance(read_cool(COOL, region="chr1"), trans_only=True)
     with pytest.raises(MissingKeyError, match="chr99"):
         read_cool(COOL, region=["chr1", "chr99"])
-    with pytest.raises(ConfigError, match="one chromosome"):
-        analyze(genome)
+
+
+# --- analysing several chromosomes in one call ----------------------------------------------
+
+WINDOW = 30_000_000
+
+
+@pytest.fixture(scope="module")
+def several():
+    return analyze(COOL, region=CHROMS, windows=(WINDOW,), loops=False, progress=False)
+
+
+def test_several_chromosomes_are_balanced_as_cooler_cis_only(several, reference):
+    theirs = reference["cis_only"].to_numpy()
+    np.testing.assert_array_equal(np.isnan(several.weights), np.isnan(theirs))
+    ok = np.isfinite(theirs)
+    np.testing.assert_allclose(several.weights[ok], theirs[ok], rtol=1e-4)
+    assert several.report["ice_converged"] and list(several.regions) == CHROMS
+
+
+def test_each_chromosome_is_analysed_as_on_its_own(several):
+    # the stacked tables are the regions' tables, and each equals a call on that chromosome
+    # with the same weights
+    for name in ("expected", "insulation", "compartments", "boundaries"):
+        parts = [getattr(r, name) for r in several.regions.values()]
+        pd.testing.assert_frame_equal(getattr(several, name),
+                                      pd.concat(parts, ignore_index=True))  # fmt: skip
+    assert several.expected["region1"].unique().tolist() == CHROMS
+    for chrom in ("chr1", "chr11", "chrX"):
+        part = several.regions[chrom]
+        alone = analyze(COOL, region=chrom, balance=part.weights, windows=(WINDOW,),
+                        loops=False, progress=False)  # fmt: skip
+        for name in ("expected", "insulation", "compartments", "eigvals"):
+            pd.testing.assert_frame_equal(getattr(part, name), getattr(alone, name))
+    # chromosomes of at most 5 valid bins (ignore_diags + 3) get NaN eigenvectors, as in
+    # cooltools' cis_eig: at 10 Mb, chr15..chr19 (7-11 bins, none with 10 cis pixels), chrY
+    # and chrM are masked whole
+    n_valid = {c: int(np.isfinite(r.weights).sum()) for c, r in several.regions.items()}
+    eigvals = several.eigvals.set_index("region")
+    for chrom, n in n_valid.items():
+        assert eigvals.loc[chrom].notna().all() == (n > 5), (chrom, n)
+    assert sum(n == 0 for n in n_valid.values()) == 7
+
+
+def test_a_map_of_several_chromosomes_is_analysed_as_the_list(several, genome):
+    # the genome map holds trans pixels too: they are not used (cis only)
+    from_map = analyze(genome, windows=(WINDOW,), loops=False, progress=False)
+    for name in ("expected", "insulation", "compartments", "eigvals"):
+        pd.testing.assert_frame_equal(getattr(from_map, name), getattr(several, name))
+
+
+def test_several_regions_errors(genome):
+    with pytest.raises(ConfigError, match="different chromosomes"):
+        analyze(COOL, region=["chr1", "chr1:0-50,000,000"])
+    with pytest.raises(ConfigError, match="needs a .cool path"):
+        analyze(genome, region=["chr1", "chr2"])
+    with pytest.raises(MissingKeyError, match="chr99"):
+        analyze(COOL, region=["chr1", "chr99"])
+    with pytest.raises(ShapeError, match="balance weights"):
+        analyze(COOL, region=["chr1", "chr2"], balance=np.ones(5))
+
+
+def test_a_figure_draws_one_region_at_a_time(several):
+    from diffomics.plotting import hic_tracks
+
+    with pytest.raises(ConfigError, match=r"result.regions\['chr1'\]"):
+        hic_tracks(several)
+    fig = hic_tracks(several.regions["chr1"], window=WINDOW)
+    assert len(fig.axes) >= 3

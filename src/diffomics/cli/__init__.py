@@ -96,7 +96,9 @@ def _parser() -> argparse.ArgumentParser:
 
     hic = sub.add_parser("hic", help="Hi-C: balance, expected, compartments, TADs, loops")
     hic.add_argument("map", help="MAP.cool or MAP.mcool::/resolutions/N")
-    hic.add_argument("--region", default=None, help="chromosome or chrom:start-end")
+    hic.add_argument("--region", default=None,
+                     help="chromosome or chrom:start-end, or whole chromosomes comma-separated "
+                     "(each analysed on its own, balanced together as cooler --cis-only)")
     hic.add_argument("--windows", default=None, help="insulation windows in bp, comma-separated")
     hic.add_argument("--phasing-track", default=None,
                      help="bedGraph (values) or BED (features counted per bin), higher in A")

@@ -204,13 +204,15 @@ def hic_outputs(result, out: Path, stem: str) -> tuple[list[Path], list]:
     written.append(atomic(out / f"{stem}.boundaries.bed", result.write_bed))
     if result.loops is not None:
         written.append(atomic(out / f"{stem}.loops.bedpe", result.write_bedpe))
-    lo, hi = _best_window(result.weights, 600)
-    starts = result.map.bins["start"].to_numpy()
-    region = (int(starts[lo]), int(starts[hi - 1]) + result.map.resolution)
+    shown = next(iter(result.regions.values())) if result.regions else result
+    lo, hi = _best_window(shown.weights, 600)
+    starts = shown.map.bins["start"].to_numpy()
+    region = (int(starts[lo]), int(starts[hi - 1]) + shown.map.resolution)
     span = region[1] - region[0]
-    paths = save_figure(hic_tracks(result, region=region), out / f"{stem}.tracks")
+    paths = save_figure(hic_tracks(shown, region=region), out / f"{stem}.tracks")
     caption = (
-        f"Balanced contacts (log scale) of {span // 1000:,} kb with loops circled, the first "
+        f"Balanced contacts (log scale) of {span // 1000:,} kb of "
+        f"{shown.map.bins['chrom'].iloc[0]} with loops circled, the first "
         "eigenvector (A red, B blue) and the insulation score with its boundaries"
     )
     return written + paths, [(caption, paths[0])]
@@ -277,12 +279,15 @@ def run_hic(args: argparse.Namespace) -> Section:
     from diffomics.hic import analyze, read_cool
 
     start = time.perf_counter()
-    cmap = read_cool(args.map, args.region)
+    region = args.region.split(",") if args.region and "," in args.region else args.region
+    cmap = read_cool(args.map, region)
     track = read_track(args.phasing_track, cmap.bins) if args.phasing_track else None
     windows = tuple(int(w) for w in args.windows.split(",")) if args.windows else None
     result = analyze(cmap, windows=windows, phasing_track=track, loops=not args.no_loops,
                      progress=None)
-    stem = Path(args.map.split("::")[0]).stem + "." + str(cmap.bins["chrom"].iloc[0])
+    first, last = cmap.chroms[0], cmap.chroms[-1]
+    name = first if first == last else f"{first}-{last}"
+    stem = f"{Path(args.map.split('::')[0]).stem}.{name}"
     written, figures = hic_outputs(result, Path(args.out), stem)
     print(hic_summary(result))
     what = (

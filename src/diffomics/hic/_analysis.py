@@ -28,7 +28,7 @@ from diffomics.hic._compartments import cis_eigs, phase_eigs
 from diffomics.hic._dots import call_dots, recommend_kernel_size
 from diffomics.hic._expected import expected_cis
 from diffomics.hic._insulation import boundary_strength, insulation, li_threshold
-from diffomics.hic._io import ContactMap, as_contact_map
+from diffomics.hic._io import ContactMap, as_contact_map, open_cooler, read_regions, stack_maps
 
 if TYPE_CHECKING:
     from jax.sharding import Mesh
@@ -115,7 +115,11 @@ class HiCResult:
         boundary_strength``).
       loops: dots in BEDPE columns (``chrom1, start1, end1, chrom2, start2, end2``) with the
         observed ``count``, the local expected and q-value per kernel, and ``c_size``.
-      report: what was filtered and how the fits went.
+      report: what was filtered and how the fits went (of several regions: the balancing's,
+        and each region's under ``"regions"``).
+      compartment_resolution: bin size (bp) of the compartment table.
+      regions: of an analysis of several regions, each region's own `HiCResult` (by
+        name, in order); the tables above are theirs one after the other. Empty for one.
     """
 
     map: ContactMap
@@ -128,6 +132,7 @@ class HiCResult:
     loops: pd.DataFrame | None
     report: dict
     compartment_resolution: int | None = None
+    regions: dict[str, HiCResult] = dataclasses.field(default_factory=dict)
 
     def write_bed(self, path: str | os.PathLike) -> None:
         """Boundaries as BED (``chrom start end name score``; name = window in bp)."""
@@ -273,7 +278,7 @@ def _coarse_track(track: np.ndarray, factor: int) -> np.ndarray:
 def analyze(
     data,
     *,
-    region: str | None = None,
+    region: str | list[str] | tuple[str, ...] | None = None,
     resolution: int | None = None,
     balance: bool | str | np.ndarray = True,
     ignore_diags: int = 2,
@@ -291,7 +296,7 @@ def analyze(
     progress: bool | None = None,
     mesh: Mesh | None = None,
 ) -> HiCResult:
-    """Analyse one chromosome (or region) of a Hi-C map as cooltools does.
+    """Analyse a Hi-C map as cooltools does: one region, or several chromosomes in one call.
 
     Steps: ICE balancing with cooler's filters (`balance`), expected by distance
     (`expected_cis`), compartment eigenvectors (`cis_eigs`, phased by `phasing_track`),
@@ -301,14 +306,25 @@ def analyze(
     compartments run on a dense matrix of at most `compartment_max_bins` bins, coarsening
     the map by an integer factor when it is larger (recorded in ``compartment_resolution``).
 
+    Several regions (a list, as a cooltools view, or a map of several chromosomes) are read
+    from the file in one pass; each is analysed on its own (cis contacts only) and the
+    tables are stacked, with a ``region`` column where cooltools has one. They are balanced
+    together as ``cooler balance --cis-only`` (`ice_balance` with ``cis_only=True``: each
+    chromosome on its own, one MAD cut-off for all), and their compartments use one
+    resolution (the coarsening the largest needs).
+
     Args:
       data: a `.cool` / `.mcool::/resolutions/N` path, a `cooler.Cooler`, a `ContactMap`, or
         a dense / scipy-sparse symmetric raw-count matrix.
-      region: chromosome or ``chrom:start-end`` (files with several chromosomes).
+      region: chromosome or ``chrom:start-end`` (files with several chromosomes), or a
+        list of them on different chromosomes (``cooler.Cooler(path).chromnames``: the
+        genome). Only with a file for a list; a `ContactMap` of several chromosomes is
+        analysed chromosome by chromosome as it is.
       resolution: bin size in bp for matrix input.
       balance: True: ICE; a string: the name of the file's weight column (``"weight"``);
-        an array: multiplicative weights, NaN for masked bins (from an earlier run); False:
-        raw counts (weights 1 on bins with contacts).
+        an array: multiplicative weights, NaN for masked bins (from an earlier run; of
+        every bin of the regions, in order); False: raw counts (weights 1 on bins with
+        contacts).
       ignore_diags: diagonals set aside everywhere (cooler's default 2).
       windows: insulation windows in bp (multiples of the resolution); default 3, 5 and 10
         bins; ``()`` skips insulation.
@@ -341,18 +357,16 @@ def analyze(
       DataIntegrityError: the file is not a cooler.
       MissingKeyError: unknown chromosome, or a missing weight column.
       ShapeError, NonFiniteError, CountsError: a bad matrix.
-      ConfigError: a bad argument.
+      ConfigError: a bad argument, or a list of regions that share a chromosome.
+
+    Examples:
+      >>> from diffomics.datasets import gm12878_hic
+      >>> result = analyze(gm12878_hic("chr22"), windows=(250_000,), loops=False)
+      >>> result.insulation.columns[5:8].tolist()
+      ['log2_insulation_score_250000', 'n_valid_pixels_250000', 'boundary_strength_250000']
     """
-    cmap = as_contact_map(data, region=region, resolution=resolution)
-    if len(cmap.chroms) > 1:
-        msg = (
-            f"analyze takes one chromosome or region; the map holds {len(cmap.chroms)} "
-            f"({cmap.chroms[:4]}...). Balance them together with ice_balance(read_cool(path, "
-            "region=chroms)) and pass each chromosome's weights as balance=."
-        )
-        raise ConfigError(msg)
-    res = cmap.resolution
-    n = cmap.n_bins
+    maps, genome, names = _regions(data, region, resolution)
+    res = genome.resolution
     windows = tuple(windows) if windows is not None else tuple(res * k for k in (3, 5, 10))
     for w in windows:
         if w % res or w < res:
@@ -361,13 +375,74 @@ def analyze(
             raise ConfigError(msg)
     if not isinstance(boundary_threshold, int | float):
         check_choice(boundary_threshold, "boundary_threshold", ["Li"])
-    report: dict = {"source": cmap.source, "n_bins": n, "resolution": res, "nnz": cmap.bin1.size}
+    weights, report = _weights(genome, balance, ignore_diags=ignore_diags, mesh=mesh)
+    options = dict(
+        ignore_diags=ignore_diags, windows=windows, min_frac_valid_pixels=min_frac_valid_pixels,
+        boundary_threshold=boundary_threshold, n_eigs=n_eigs, loops=loops,
+        max_loci_separation=max_loci_separation, kernel_size=kernel_size,
+        lambda_bin_fdr=lambda_bin_fdr, clustering_radius=clustering_radius, mesh=mesh,
+        # one compartment resolution for every region, as one cooltools call at one
+        compartment_factor=-(-max(m.n_bins for m in maps) // compartment_max_bins),
+        compartment_max_bins=compartment_max_bins,
+    )  # fmt: skip
+    if len(maps) == 1:
+        return _analyze_map(genome, weights, report, phasing_track, progress=progress, **options)
+    tracks = _split_track(phasing_track, genome, maps)
+    bounds = np.cumsum([0] + [m.n_bins for m in maps])
     show = sys.stderr.isatty() if progress is None else progress
-    steps = tqdm(total=5, desc=f"hic {cmap.bins['chrom'].iloc[0]}", unit="step", disable=not show)
-    steps.set_postfix_str("balance")
+    results = {}
+    for k, (name, cmap) in enumerate(tqdm(list(zip(names, maps, strict=True)), desc="hic",
+                                          unit="region", disable=not show)):  # fmt: skip
+        sub = weights[bounds[k] : bounds[k + 1]]
+        info = {"source": cmap.source, "resolution": res, "n_masked_bins": int(np.isnan(sub).sum())}
+        results[name] = _analyze_map(cmap, sub, info, tracks[k], progress=False, **options)
+    return _merge(genome, weights, report, results)
 
+
+def _regions(data, region, resolution) -> tuple[list[ContactMap], ContactMap, list[str]]:
+    """Maps of the regions analysed, the map of all of them, and the regions' names.
+
+    One region: ``([map], map, [name])``. Several (a list of regions, or a map of several
+    chromosomes): each region's cis map, and one map of them all for the balancing.
+    """
+    if region is not None and not isinstance(region, str):
+        if not isinstance(data, str | os.PathLike) and type(data).__name__ != "Cooler":
+            msg = (
+                "region: a list of regions needs a .cool path or a cooler.Cooler; found "
+                f"{type(data).__name__}. A ContactMap of several chromosomes is analysed "
+                "chromosome by chromosome with region=None."
+            )
+            raise ConfigError(msg)
+        uri = os.fspath(data) if isinstance(data, str | os.PathLike) else data.uri
+        regions = [region] if isinstance(region, str) else list(region)
+        clr, chromnames = open_cooler(uri)
+        maps = read_regions(clr, uri, regions, chromnames)
+        chroms = [m.chroms[0] for m in maps]
+        if not maps or len(set(chroms)) < len(chroms):
+            msg = (
+                "region: the regions of one call must be on different chromosomes (each is "
+                f"balanced and analysed on its own); found {regions}."
+            )
+            raise ConfigError(msg)
+        return maps, stack_maps(maps, f"{uri} {','.join(regions)}"), regions
+    cmap = as_contact_map(data, region=region, resolution=resolution)
+    if len(cmap.chroms) == 1:
+        return [cmap], cmap, [cmap.chroms[0]]
+    return cmap.by_chrom(), cmap, cmap.chroms
+
+
+def _weights(cmap: ContactMap, balance, *, ignore_diags: int, mesh) -> tuple[np.ndarray, dict]:
+    """Balancing weights of the whole map (NaN: masked) and what the balancing reported.
+
+    Several chromosomes are balanced each on its own, with the filters' MAD cut-off pooled
+    over them (``cooler balance --cis-only``).
+    """
+    n = cmap.n_bins
+    report: dict = {"source": cmap.source, "n_bins": n, "resolution": cmap.resolution,
+                    "nnz": cmap.bin1.size}  # fmt: skip
     if balance is True:
-        weights, info = ice_balance(cmap, ignore_diags=ignore_diags, mesh=mesh)
+        cis_only = len(cmap.chroms) > 1
+        weights, info = ice_balance(cmap, cis_only=cis_only, ignore_diags=ignore_diags, mesh=mesh)
         report.update(info)
     elif isinstance(balance, np.ndarray):
         if balance.shape != (n,):
@@ -382,6 +457,73 @@ def analyze(
     else:
         cover = np.bincount(cmap.bin1, minlength=n) + np.bincount(cmap.bin2, minlength=n)
         weights = np.where(cover > 0, 1.0, np.nan)
+    return weights, report
+
+
+def _split_track(track, genome: ContactMap, maps: list[ContactMap]) -> list:
+    """A phasing track for each region: a bed-like table as it is, an array cut by bins."""
+    if track is None or isinstance(track, pd.DataFrame):
+        return [track] * len(maps)
+    values = _phasing(track, genome.bins)
+    bounds = np.cumsum([0] + [m.n_bins for m in maps])
+    return [values[bounds[k] : bounds[k + 1]] for k in range(len(maps))]
+
+
+def _merge(genome: ContactMap, weights, report: dict, results: dict[str, HiCResult]):
+    """One result of several regions: their tables one after the other."""
+    parts = list(results.values())
+
+    def concat(name):
+        tables = [getattr(r, name) for r in parts if getattr(r, name) is not None]
+        return pd.concat(tables, ignore_index=True) if tables else None
+
+    report = {**report, "regions": {name: r.report for name, r in results.items()}}
+    if parts[0].loops is not None:
+        report["n_loops"] = sum(len(r.loops) for r in parts)
+    resolutions = {r.compartment_resolution for r in parts}
+    return HiCResult(
+        map=genome,
+        weights=weights,
+        expected=concat("expected"),
+        compartments=concat("compartments"),
+        eigvals=concat("eigvals"),
+        insulation=concat("insulation"),
+        boundaries=concat("boundaries"),
+        loops=concat("loops"),
+        report=report,
+        compartment_resolution=resolutions.pop(),
+        regions=results,
+    )
+
+
+def _analyze_map(
+    cmap: ContactMap,
+    weights: np.ndarray,
+    report: dict,
+    phasing_track,
+    *,
+    ignore_diags: int,
+    windows: tuple[int, ...],
+    min_frac_valid_pixels: float,
+    boundary_threshold,
+    n_eigs: int,
+    compartment_factor: int,
+    compartment_max_bins: int,
+    loops: bool,
+    max_loci_separation: int,
+    kernel_size,
+    lambda_bin_fdr: float,
+    clustering_radius: int,
+    progress: bool | None,
+    mesh,
+) -> HiCResult:
+    """`analyze` on the map of one chromosome or region, with its weights."""
+    res = cmap.resolution
+    n = cmap.n_bins
+    report = {**report, "n_bins": n, "nnz": cmap.bin1.size}
+    show = sys.stderr.isatty() if progress is None else progress
+    steps = tqdm(total=5, desc=f"hic {cmap.bins['chrom'].iloc[0]}", unit="step", disable=not show)
+    steps.set_postfix_str("balance")
     valid = np.isfinite(weights) & (weights > 0)
     w0 = np.where(valid, weights, 0.0)
 
@@ -451,41 +593,10 @@ def analyze(
     steps.set_postfix_str("compartments")
     compartments = eigvals = comp_res = None
     if n_eigs:
-        factor = -(-n // compartment_max_bins)
-        coarse = cmap.coarsen(factor)
-        if factor > 1:
-            try:
-                cw, info = ice_balance(coarse, ignore_diags=ignore_diags)
-            except CountsError as err:  # say that it is the coarsened map, and what to do
-                msg = (
-                    f"compartments: the map coarsened to {coarse.resolution:,} bp bins (at most "
-                    f"compartment_max_bins={compartment_max_bins} bins) cannot be balanced: "
-                    f"{err} Pass n_eigs=0 to skip compartments, or a larger "
-                    "compartment_max_bins."
-                )
-                raise CountsError(msg) from err
-            report["compartment_balance"] = info
-        else:
-            cw = weights
-        cvalid = np.isfinite(cw) & (cw > 0)
-        cw0 = np.where(cvalid, cw, 0.0)
-        nc, nc_pad = coarse.n_bins, _bucket(coarse.n_bins)
-        dense = np.zeros((nc_pad, nc_pad), default_float())
-        dense[:nc, :nc] = coarse.dense(coarse.count * cw0[coarse.bin1] * cw0[coarse.bin2])
-        padded_valid = np.r_[cvalid, np.zeros(nc_pad - nc, bool)]
-        eig = _cis_eigs_jit(jnp.asarray(dense), jnp.asarray(padded_valid), n_eigs=n_eigs,
-                            ignore_diags=ignore_diags, n_bins=nc)  # fmt: skip
-        vecs = np.asarray(eig.eigvecs, dtype=np.float64)[:, :nc]
-        vecs = np.where(cvalid[None, :], vecs, np.nan)
-        if phasing_track is not None:
-            track = _phasing(phasing_track, cmap.bins)
-            vecs = phase_eigs(vecs, _coarse_track(track, factor))
-        compartments = coarse.bins[["chrom", "start", "end"]].copy()
-        for k in range(n_eigs):
-            compartments[f"E{k + 1}"] = vecs[k]
-        values = {f"eigval{k + 1}": [float(eig.eigvals[k])] for k in range(n_eigs)}
-        eigvals = pd.DataFrame({"region": [chrom], **values})
-        comp_res = coarse.resolution
+        compartments, eigvals, comp_res = _compartments(
+            cmap, weights, phasing_track, report, n_eigs=n_eigs, factor=compartment_factor,
+            compartment_max_bins=compartment_max_bins, ignore_diags=ignore_diags,
+        )  # fmt: skip
 
     steps.update()
     steps.set_postfix_str("dots")
@@ -527,3 +638,52 @@ def analyze(
         report=report,
         compartment_resolution=comp_res,
     )
+
+
+def _compartments(cmap: ContactMap, weights, phasing_track, report: dict, *, n_eigs: int,
+                  factor: int, compartment_max_bins: int, ignore_diags: int):  # fmt: skip
+    """Compartment table, eigenvalues and resolution of one region (`analyze`'s step).
+
+    A region with at most ``ignore_diags + 3`` valid bins gets NaN, as in cooltools'
+    ``cis_eig`` (in a genome: chrY, chrM).
+    """
+    chrom = str(cmap.bins["chrom"].iloc[0])
+    coarse = cmap.coarsen(factor)
+    too_few = ignore_diags + 3
+    if factor > 1 and np.isfinite(weights).sum() > too_few:
+        try:
+            cw, info = ice_balance(coarse, ignore_diags=ignore_diags)
+        except CountsError as err:  # say that it is the coarsened map, and what to do
+            msg = (
+                f"compartments: the map coarsened to {coarse.resolution:,} bp bins (at most "
+                f"compartment_max_bins={compartment_max_bins} bins) cannot be balanced: "
+                f"{err} Pass n_eigs=0 to skip compartments, or a larger compartment_max_bins."
+            )
+            raise CountsError(msg) from err
+        report["compartment_balance"] = info
+    else:
+        cw = weights if factor == 1 else np.full(coarse.n_bins, np.nan)
+    cvalid = np.isfinite(cw) & (cw > 0)
+    nc = coarse.n_bins
+    if cvalid.sum() > too_few:
+        cw0 = np.where(cvalid, cw, 0.0)
+        nc_pad = _bucket(nc)
+        dense = np.zeros((nc_pad, nc_pad), default_float())
+        dense[:nc, :nc] = coarse.dense(coarse.count * cw0[coarse.bin1] * cw0[coarse.bin2])
+        padded_valid = np.r_[cvalid, np.zeros(nc_pad - nc, bool)]
+        eig = _cis_eigs_jit(jnp.asarray(dense), jnp.asarray(padded_valid), n_eigs=n_eigs,
+                            ignore_diags=ignore_diags, n_bins=nc)  # fmt: skip
+        vecs = np.asarray(eig.eigvecs, dtype=np.float64)[:, :nc]
+        vecs = np.where(cvalid[None, :], vecs, np.nan)
+        values = np.asarray(eig.eigvals, dtype=np.float64)
+    else:
+        vecs, values = np.full((n_eigs, nc), np.nan), np.full(n_eigs, np.nan)
+    if phasing_track is not None:
+        track = _phasing(phasing_track, cmap.bins)
+        vecs = phase_eigs(vecs, _coarse_track(track, factor))
+    compartments = coarse.bins[["chrom", "start", "end"]].copy()
+    for k in range(n_eigs):
+        compartments[f"E{k + 1}"] = vecs[k]
+    eigvals = pd.DataFrame({"region": [chrom], **{f"eigval{k + 1}": [float(values[k])]
+                                                  for k in range(n_eigs)}})  # fmt: skip
+    return compartments, eigvals, coarse.resolution

@@ -28,8 +28,8 @@ class ContactMap:
 
     Memory grows with the number of non-zero pixels, never with ``n_bins^2``. A map of
     several chromosomes (``read_cool(path, region=[...])``) holds their cis and trans
-    pixels, bins in file order; it is for genome-wide balancing (`ice_balance`); `analyze`
-    and `coarsen` take one chromosome.
+    pixels, bins in file order: `ice_balance` balances them together, `analyze` analyses
+    each chromosome's cis pixels (`by_chrom`); `coarsen` takes one chromosome.
 
     Attributes:
       bins: DataFrame with ``chrom, start, end`` (bp), one row per bin, index ``0..n-1``.
@@ -93,6 +93,50 @@ class ContactMap:
             f"{self.source} (coarsened x{factor})",
         )
 
+
+    def by_chrom(self) -> list[ContactMap]:
+        """Each chromosome's own map (its cis pixels, bins from 0), in bin order."""
+        ids = self.chrom_ids
+        if ids.max() == 0:
+            return [self]
+        if np.any(np.diff(ids) < 0):
+            msg = f"the bins of each chromosome must be contiguous; {self.source} interleaves them."
+            raise ShapeError(msg)
+        bounds = np.r_[0, np.cumsum(np.bincount(ids))]
+        cis = ids[self.bin1] == ids[self.bin2]
+        order = np.argsort(ids[self.bin1[cis]], kind="stable")
+        b1, b2, count = self.bin1[cis][order], self.bin2[cis][order], self.count[cis][order]
+        ends = np.r_[0, np.cumsum(np.bincount(ids[b1], minlength=bounds.size - 1))]
+        maps = []
+        for k, chrom in enumerate(self.chroms):
+            lo, hi, rows = bounds[k], bounds[k + 1], slice(ends[k], ends[k + 1])
+            maps.append(
+                ContactMap(
+                    self.bins.iloc[lo:hi].reset_index(drop=True),
+                    b1[rows] - lo,
+                    b2[rows] - lo,
+                    count[rows],
+                    self.resolution,
+                    None if self.weights is None else self.weights[lo:hi],
+                    f"{self.source} {chrom}",
+                )
+            )
+        return maps
+
+
+def stack_maps(maps: list[ContactMap], source: str) -> ContactMap:
+    """One map of several (their bins one after the other, no contacts between them)."""
+    sizes = np.cumsum([0] + [m.n_bins for m in maps])
+    weights = [m.weights for m in maps]
+    return ContactMap(
+        pd.concat([m.bins for m in maps], ignore_index=True),
+        np.concatenate([m.bin1 + k for m, k in zip(maps, sizes, strict=False)]),
+        np.concatenate([m.bin2 + k for m, k in zip(maps, sizes, strict=False)]),
+        np.concatenate([m.count for m in maps]),
+        maps[0].resolution,
+        None if any(w is None for w in weights) else np.concatenate(weights),
+        source,
+    )
 
 def from_dense(
     matrix, *, resolution: int = 1, chrom: str = "chr", start: int = 0, name: str = "matrix"
@@ -169,6 +213,31 @@ def _parse_region(region: str) -> tuple[str, int | None, int | None]:
     return chrom, int(re.sub("[,_]", "", lo)), int(re.sub("[,_]", "", hi))
 
 
+def open_cooler(uri: str):
+    """A `cooler.Cooler` for `uri` and its chromosome names, or a clear error."""
+    import cooler  # noqa: PLC0415 - optional heavy import, only for file input
+
+    path = uri.split("::")[0]
+    if not os.path.exists(path):
+        msg = f"no such file: {path!r}."
+        raise FileNotFoundError(msg)
+    try:
+        clr = cooler.Cooler(uri)
+        return clr, list(clr.chromnames)
+    except Exception as err:  # cooler raises KeyError/OSError/ValueError for non-coolers
+        try:
+            resolutions = cooler.fileops.list_coolers(path)
+        except Exception:  # noqa: BLE001 - not an HDF5 file at all
+            resolutions = []
+        hint = (
+            f" It holds several coolers {resolutions[:8]}: pass '{path}::{resolutions[0]}'."
+            if resolutions
+            else " Expected a .cool or .mcool file (cooler format)."
+        )
+        msg = f"{uri!r} is not a cooler file ({type(err).__name__}: {err}).{hint}"
+        raise DataIntegrityError(msg) from err
+
+
 def read_cool(
     uri: str | os.PathLike, region: str | list[str] | tuple[str, ...] | None = None
 ) -> ContactMap:
@@ -190,28 +259,8 @@ def read_cool(
       DataIntegrityError: the file is not a cooler (or an `.mcool` without a resolution).
       MissingKeyError: the chromosome is not in the file, or `region` is needed.
     """
-    import cooler  # noqa: PLC0415 - optional heavy import, only for file input
-
     uri = os.fspath(uri)
-    path = uri.split("::")[0]
-    if not os.path.exists(path):
-        msg = f"no such file: {path!r}."
-        raise FileNotFoundError(msg)
-    try:
-        clr = cooler.Cooler(uri)
-        chromnames = list(clr.chromnames)
-    except Exception as err:  # cooler raises KeyError/OSError/ValueError for non-coolers
-        try:
-            resolutions = cooler.fileops.list_coolers(path)
-        except Exception:  # noqa: BLE001 - not an HDF5 file at all
-            resolutions = []
-        hint = (
-            f" It holds several coolers {resolutions[:8]}: pass '{path}::{resolutions[0]}'."
-            if resolutions
-            else " Expected a .cool or .mcool file (cooler format)."
-        )
-        msg = f"{uri!r} is not a cooler file ({type(err).__name__}: {err}).{hint}"
-        raise DataIntegrityError(msg) from err
+    clr, chromnames = open_cooler(uri)
     if region is None:
         if len(chromnames) != 1:
             msg = (
@@ -220,67 +269,104 @@ def read_cool(
             )
             raise MissingKeyError(msg)
         region = chromnames[0]
-    if not isinstance(region, str):
-        return _read_chroms(clr, uri, list(region), chromnames)
+    if isinstance(region, str):
+        return read_regions(clr, uri, [region], chromnames)[0]
+    return _read_chroms(clr, uri, _file_order(uri, region, chromnames), chromnames)
+
+
+def _file_order(uri: str, chroms, chromnames: list[str]) -> list[str]:
+    """`chroms` (whole chromosomes of the file) in file order."""
+    unknown = [c for c in chroms if c not in chromnames]
+    if unknown or not len(chroms):
+        msg = f"region lists chromosomes {unknown or chroms} not in {uri!r}; it has {chromnames}."
+        raise MissingKeyError(msg)
+    return [c for c in chromnames if c in set(chroms)]
+
+
+def _extent(clr, uri: str, region: str, chromnames: list[str]) -> tuple[str, int, int]:
+    """Chromosome of `region` and its bin ids ``[first, last)``."""
     chrom, lo, hi = _parse_region(region)
     if chrom not in chromnames:
         msg = f"chromosome {chrom!r} is not in {uri!r}; it has {chromnames[:25]}."
         raise MissingKeyError(msg)
-    first, last = clr.extent(chrom if lo is None else (chrom, lo, hi))  # bin ids [first, last)
-    # read the columns directly (each read of a compressed HDF5 dataset costs a chunk): the
-    # pixel table is sorted by bin1 and holds the upper triangle (bin2 >= bin1), so the
-    # region's pixels are the rows of bins [first, last) whose bin2 is < last
+    first, last = clr.extent(chrom if lo is None else (chrom, lo, hi))
+    return chrom, int(first), int(last)
+
+
+def _rows(group, first: int, last: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pixels of the rows of bins ``[first, last)``: bin1, bin2 (file ids) and counts.
+
+    Each read of a compressed HDF5 column costs its chunks, so only ``bin2_id`` and
+    ``count`` are read; ``bin1`` follows from the row index (``indexes/bin1_offset``, which
+    cooler's own reader uses the same way).
+    """
+    offsets = group["indexes/bin1_offset"][first : last + 1].astype(np.int64)
+    start, stop = int(offsets[0]), int(offsets[-1])
+    bin1 = np.repeat(np.arange(first, last, dtype=np.int64), np.diff(offsets))
+    bin2 = group["pixels/bin2_id"][start:stop].astype(np.int64)
+    count = group["pixels/count"][start:stop].astype(np.float64)
+    return bin1, bin2, count
+
+
+def read_regions(clr, uri: str, regions: list[str], chromnames: list[str]) -> list[ContactMap]:
+    """The cis maps of several regions of an open cooler, reading the file once.
+
+    The pixel table is sorted by bin1 and holds the upper triangle (bin2 >= bin1), so a
+    region's pixels are the rows of its bins ``[first, last)`` whose bin2 is below `last`.
+    """
+    extents = [_extent(clr, uri, r, chromnames) for r in regions]
+    maps = []
     with clr.open("r") as group:
-        start, stop = group["indexes/bin1_offset"][first : last + 1][[0, -1]].astype(np.int64)
-        b1 = group["pixels/bin1_id"][start:stop].astype(np.int64)
-        b2 = group["pixels/bin2_id"][start:stop].astype(np.int64)
-        count = group["pixels/count"][start:stop].astype(np.float64)
-        bins = pd.DataFrame({"chrom": chrom, "start": group["bins/start"][first:last],
-                             "end": group["bins/end"][first:last]})  # fmt: skip
-        stored = group["bins"]
-        weights = stored["weight"][first:last].astype(np.float64) if "weight" in stored else None
-    inside = b2 < last
-    return ContactMap(
-        bins.astype({"chrom": str, "start": np.int64, "end": np.int64}),
-        b1[inside] - first,
-        b2[inside] - first,
-        count[inside],
-        int(clr.binsize),
-        weights,
-        f"{uri}::{region}" if "::" not in uri else f"{uri} {region}",
-    )
+        has_weight = "weight" in group["bins"]
+        for region, (chrom, first, last) in zip(regions, extents, strict=True):
+            b1, b2, count = _rows(group, first, last)
+            inside = b2 < last
+            bins = pd.DataFrame({"chrom": chrom, "start": group["bins/start"][first:last],
+                                 "end": group["bins/end"][first:last]})  # fmt: skip
+            weights = group["bins/weight"][first:last].astype(np.float64) if has_weight else None
+            maps.append(
+                ContactMap(
+                    bins.astype({"chrom": str, "start": np.int64, "end": np.int64}),
+                    b1[inside] - first,
+                    b2[inside] - first,
+                    count[inside],
+                    int(clr.binsize),
+                    weights,
+                    f"{uri}::{region}" if "::" not in uri else f"{uri} {region}",
+                )
+            )
+    return maps
 
 
 def _read_chroms(clr, uri: str, chroms: list[str], chromnames: list[str]) -> ContactMap:
     """Whole chromosomes of a cooler with their cis and trans pixels, in file order."""
-    unknown = [c for c in chroms if c not in chromnames]
-    if unknown or not chroms:
-        msg = f"region lists chromosomes {unknown or chroms} not in {uri!r}; it has {chromnames}."
-        raise MissingKeyError(msg)
-    chroms = [c for c in chromnames if c in set(chroms)]
     offsets = clr._load_dset("indexes/chrom_offset")
-    bin1_offsets = clr._load_dset("indexes/bin1_offset")
     new_id = np.full(int(clr.info["nbins"]), -1, np.int64)
-    parts, pieces = [], []
-    for c in chroms:
-        k = chromnames.index(c)
-        lo, hi = int(offsets[k]), int(offsets[k + 1])
-        new_id[lo:hi] = np.arange(hi - lo) + sum(len(p) for p in parts)
-        parts.append(clr.bins()[lo:hi])
-        pieces.append(clr.pixels()[int(bin1_offsets[lo]) : int(bin1_offsets[hi])])
-    bins = pd.concat(parts)
-    pixels = pd.concat(pieces, ignore_index=True)
-    b1 = new_id[pixels["bin1_id"].to_numpy(np.int64)]
-    b2 = new_id[pixels["bin2_id"].to_numpy(np.int64)]
+    parts, pieces, n = [], [], 0
+    with clr.open("r") as group:
+        has_weight = "weight" in group["bins"]
+        for c in chroms:
+            k = chromnames.index(c)
+            lo, hi = int(offsets[k]), int(offsets[k + 1])
+            new_id[lo:hi] = np.arange(hi - lo) + n
+            n += hi - lo
+            columns = {"chrom": c, "start": group["bins/start"][lo:hi],
+                       "end": group["bins/end"][lo:hi]}  # fmt: skip
+            if has_weight:
+                columns["weight"] = group["bins/weight"][lo:hi].astype(np.float64)
+            parts.append(pd.DataFrame(columns))
+            pieces.append(_rows(group, lo, hi))
+    bins = pd.concat(parts, ignore_index=True)
+    b1, b2, count = (np.concatenate(column) for column in zip(*pieces, strict=True))
+    b1, b2 = new_id[b1], new_id[b2]
     keep = b2 >= 0
-    weights = bins["weight"].to_numpy(dtype=np.float64) if "weight" in bins else None
     return ContactMap(
-        bins[["chrom", "start", "end"]].reset_index(drop=True).astype({"chrom": str}),
+        bins[["chrom", "start", "end"]].astype({"chrom": str, "start": np.int64, "end": np.int64}),
         b1[keep],
         b2[keep],
-        pixels["count"].to_numpy(np.float64)[keep],
+        count[keep],
         int(clr.binsize),
-        weights,
+        bins["weight"].to_numpy() if has_weight else None,
         f"{uri} {','.join(chroms)}",
     )
 

@@ -44,8 +44,15 @@ def hic_tracks(
       The matplotlib `Figure`.
 
     Raises:
-      ConfigError: the region is empty, too large, or outside the map.
+      ConfigError: the region is empty, too large, or outside the map; or the result holds
+        several chromosomes (draw one of ``result.regions``).
     """
+    if result.regions:
+        msg = (
+            f"result holds {len(result.regions)} regions; draw one at a time: "
+            f"hic_tracks(result.regions[{next(iter(result.regions))!r}])."
+        )
+        raise ConfigError(msg)
     cmap = result.map
     starts = cmap.bins["start"].to_numpy()
     res = cmap.resolution
