@@ -794,8 +794,9 @@ NOTES = [
     "smooth; the dots use balanced.avg).",
     "Mouse map: both tools balance the whole file (chr1..chr19, chrX, chrY and chrM) with "
     "the MAD filter set from all chromosomes together, each chromosome balanced on its own; "
-    "diffomics then analyses one chromosome at a time (chr1..chr19) and cooltools expected "
-    "and eigs use a view of chr1..chr19. No phasing track, so the E1 signs are arbitrary: "
+    "diffomics then analyses chr1..chr19 in one `analyze(path, region=chroms)` call and "
+    "cooltools expected and eigs use a view of chr1..chr19. No phasing track, so the E1 signs "
+    "are arbitrary: "
     "compare abs(Pearson).",
     "Dots: both tools cluster the enriched pixels into BIRCH blobs of radius 20 kb (cooltools "
     "with scikit-learn's Birch, diffomics with `birch_labels`, the same partition on "
