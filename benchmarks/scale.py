@@ -19,6 +19,13 @@ a machine with several accelerators the same code splits the work.
 - ``integration``: `integrate` of two simulated Gaussian modalities (20 and 30 features,
   two groups of cells) for 3 epochs of minibatches of 512 cells, every minibatch split over
   the devices; median seconds per epoch after the first, and FOSCTTM.
+- ``counts_in_memory`` / ``counts_backed``: out-of-core input. `integrate` (NB likelihoods)
+  of Poisson RNA counts (2,000 genes, sparse, mostly zero) and protein counts (30 markers)
+  of ``n`` simulated cells whose means are log-linear in a shared 3-d latent state (two
+  groups), written by the parent to ``.h5ad`` files; the child
+  reads them with ``anndata.read_h5ad(path)`` (in memory: the RNA matrix densified, 4 bytes
+  per value) or with ``backed="r"`` (streamed: each minibatch of 512 cells read from the
+  file). 2 epochs; peak memory, seconds per epoch and FOSCTTM; one device.
 - ``hic``: `hic.analyze` (balance, expected, insulation at 10 bins; no dots) of a Poisson
   power-law band of 100 diagonals at 10 kb, given as a scipy sparse matrix (no file); with
   4 devices the pixels (balancing, expected) and the rows of the band (insulation) are
@@ -35,6 +42,7 @@ Run ``make bench-scale`` (``--threads 2``; ``--quick`` for the smallest sizes); 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import tempfile
@@ -54,11 +62,15 @@ SIZES = {
     "deconvolution": (10_000, 100_000, 1_000_000),
     "spatial_genes": (10_000, 100_000),
     "integration": (10_000, 100_000),
+    "counts_in_memory": (100_000,),
+    "counts_backed": (100_000,),
     "hic": (10_000, 50_000, 200_000),
 }
 QUICK = {"deconvolution": (10_000,), "spatial_genes": (10_000,), "integration": (10_000,),
-         "hic": (10_000,)}  # fmt: skip
-DEVICES = {"deconvolution": (1, 4), "spatial_genes": (1, 4), "integration": (1, 4), "hic": (1, 4)}
+         "counts_in_memory": (10_000,), "counts_backed": (10_000,), "hic": (10_000,)}  # fmt: skip
+DEVICES = {"deconvolution": (1, 4), "spatial_genes": (1, 4), "integration": (1, 4),
+           "counts_in_memory": (1,), "counts_backed": (1,), "hic": (1, 4)}  # fmt: skip
+COUNTS_GENES, COUNTS_PROTEINS = 2_000, 30
 SEED = 0
 
 
@@ -157,6 +169,52 @@ def run_integration(n: int, devices: int) -> dict:
     }
 
 
+def write_counts(folder: Path, n: int) -> None:
+    """RNA (sparse) and protein counts of `n` cells sharing a latent state, as ``.h5ad``."""
+    import anndata as ad
+    import pandas as pd
+    import scipy.sparse
+
+    rng = np.random.default_rng(SEED)
+    group = rng.integers(0, 2, n)
+    latent = rng.normal(size=(n, 3)) + 2.0 * group[:, None]  # what both modalities measure
+    obs = pd.DataFrame({"group": group.astype(str)}, index=[f"c{i}" for i in range(n)])
+    rate = np.exp(rng.normal(-3.5, 1.0, COUNTS_GENES))  # mean counts per gene: ~4% non-zero
+    loading = rng.normal(0.0, 0.5, (3, COUNTS_GENES))
+    parts = []
+    for lo in range(0, n, 10_000):
+        mean = rate * np.exp(latent[lo : lo + 10_000] @ loading)
+        parts.append(scipy.sparse.csr_matrix(rng.poisson(mean).astype(np.float32)))
+    ad.AnnData(scipy.sparse.vstack(parts).tocsr(), obs=obs).write_h5ad(folder / "rna.h5ad")
+    level = rng.gamma(2.0, 20.0, COUNTS_PROTEINS)
+    protein = rng.poisson(level * np.exp(latent @ rng.normal(0.0, 0.5, (3, COUNTS_PROTEINS))))
+    ad.AnnData(protein.astype(np.float32), obs=obs).write_h5ad(folder / "protein.h5ad")
+
+
+def run_counts(n: int, devices: int, *, backed: bool) -> dict:
+    import anndata as ad
+
+    from diffomics.integration import foscttm, integrate
+
+    folder = Path(COUNTS_DIR)
+    start = time.perf_counter()
+    mods = {name: ad.read_h5ad(folder / f"{name}.h5ad", backed="r" if backed else None)
+            for name in ("rna", "protein")}  # fmt: skip
+    model = integrate(mods, likelihoods={"rna": "nb", "protein": "nb"}, max_epochs=2,
+                      batch_size=512, hidden_dim=64, progress=False,
+                      mesh=_mesh(devices))  # fmt: skip
+    total = time.perf_counter() - start
+    sample = np.random.default_rng(1).choice(n, size=min(n, 5000), replace=False)
+    return {
+        "seconds": total,
+        "first_epoch_seconds": model.report["first_epoch_seconds"],
+        "seconds_per_epoch": model.report["seconds_per_epoch"],
+        "dense_rna_mib": n * COUNTS_GENES * 4 / 2**20,
+        "foscttm_5000_cells": float(foscttm(model.latent(["rna"])[sample],
+                                            model.latent(["protein"])[sample])),  # fmt: skip
+    }
+
+
 def run_hic(n: int, devices: int) -> dict:
     import scipy.sparse
 
@@ -191,10 +249,15 @@ def run_hic(n: int, devices: int) -> dict:
 
 
 RUNNERS = {"deconvolution": run_deconvolution, "spatial_genes": run_spatial_genes,
-           "integration": run_integration, "hic": run_hic}  # fmt: skip
+           "integration": run_integration,
+           "counts_in_memory": functools.partial(run_counts, backed=False),
+           "counts_backed": functools.partial(run_counts, backed=True), "hic": run_hic}  # fmt: skip
+COUNTS_DIR = ""  # the folder of write_counts' files (set by --counts-dir in a child)
 
 
 def child(args) -> None:
+    global COUNTS_DIR
+    COUNTS_DIR = args.counts_dir or ""
     out = RUNNERS[args.workload](args.size, args.devices)
     Path(args.out).write_text(json.dumps(out))
 
@@ -212,7 +275,7 @@ def _table(results: list[dict]) -> str:
             t = f"{o.get('seconds', float('nan')):.1f} s"
             acc = f"{o.get('planted_found')} of {o.get('planted')} planted; " \
                   f"{o.get('null_called')} null called"
-        elif r["workload"] == "integration":
+        elif r["workload"] in ("integration", "counts_in_memory", "counts_backed"):
             t = f"{o.get('seconds_per_epoch', float('nan')):.2f} s/epoch " \
                 f"(first {o.get('first_epoch_seconds', float('nan')):.1f} s)"
             acc = f"FOSCTTM {o.get('foscttm_5000_cells', float('nan')):.3f}"
@@ -238,6 +301,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--devices", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
+    parser.add_argument("--counts-dir", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args)
@@ -252,10 +316,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for workload in args.workloads:
             for size in sizes[workload]:
+                counts = Path(tmp) / f"counts_{size}"
+                if workload.startswith("counts") and not counts.exists():
+                    counts.mkdir()
+                    write_counts(counts, size)  # here: the children's memory is theirs
                 for devices in DEVICES[workload]:
                     out = Path(tmp) / f"{workload}_{size}_{devices}.json"
                     cmd = [sys.executable, __file__, "--child", "--workload", workload,
-                           "--size", str(size), "--devices", str(devices), "--out", str(out)]
+                           "--size", str(size), "--devices", str(devices), "--out", str(out),
+                           "--counts-dir", str(counts)]  # fmt: skip
                     flag = f"--xla_force_host_platform_device_count={devices}"
                     print(f"{workload} n={size:,} devices={devices}", flush=True)
                     info = run_child(cmd, threads=args.threads, extra_xla_flags=flag)

@@ -444,6 +444,58 @@ def test_training_resumes_from_its_checkpoint_bitwise(tmp_path):
         integrate(_mods(n=60), max_epochs=6, checkpoint=path, **kwargs)
 
 
+@pytest.mark.parametrize("likelihoods", [None, {"rna": "gaussian"}], ids=["counts", "gaussian"])
+def test_backed_anndata_is_streamed_and_trains_as_in_memory(tmp_path, likelihoods):
+    import anndata as ad
+    import scipy.sparse
+
+    from diffomics.integration import StreamedRows
+
+    # the checkpoint test's settings (its compiled steps are reused); mosaic: 10 cells
+    # have no peaks; the peaks are stored sparse (CSR), the RNA dense
+    kwargs = {"hidden_dim": 16, "n_layers": 1, "batch_size": 32, "n_epochs_kl_warmup": 2,
+              "progress": False, "max_epochs": 3, "join": "outer",
+              "likelihoods": likelihoods}  # fmt: skip
+    mods = _mods()
+    mods["atac"] = mods["atac"][10:].copy()
+    mods["atac"].X = scipy.sparse.csr_matrix(mods["atac"].X)
+    in_memory = integrate(mods, **kwargs)
+    for name, adata in mods.items():
+        adata.write_h5ad(tmp_path / f"{name}.h5ad")
+    backed = {name: ad.read_h5ad(tmp_path / f"{name}.h5ad", backed="r") for name in mods}
+    streamed = integrate(backed, **kwargs)
+    assert all(isinstance(streamed.data[f"{n}_counts"], StreamedRows) for n in mods)
+    pd.testing.assert_frame_equal(streamed.history, in_memory.history, check_exact=True)
+    np.testing.assert_array_equal(streamed.latent(), in_memory.latent())
+    np.testing.assert_array_equal(backed["atac"].obsm["X_diffomics"], in_memory.latent()[10:])
+    for target, source in (("rna", "atac"), ("atac", "rna")):
+        np.testing.assert_allclose(streamed.impute(target, [source]),
+                                   in_memory.impute(target, [source]), rtol=1e-6)  # fmt: skip
+
+
+def test_streamed_rows_read_only_the_rows_asked_for_in_file_order():
+    from diffomics.integration import StreamedRows
+
+    class Spy:
+        def __init__(self, x):
+            self.x, self.reads = x, []
+
+        def __getitem__(self, rows):
+            self.reads.append(np.asarray(rows))
+            return self.x[rows]
+
+    x = np.arange(12.0).reshape(6, 2)
+    spy = Spy(x)
+    rows = StreamedRows(spy, np.array([5, -1, 0, 2]), 2)  # cell 1 lacks the modality
+    got = rows[np.array([3, 1, 0, 3])]
+    np.testing.assert_array_equal(got, [x[2], [0, 0], x[5], x[2]])
+    np.testing.assert_array_equal(spy.reads[-1], [2, 5])  # unique, increasing, nothing else
+    np.testing.assert_array_equal(rows[1:3], [[0, 0], x[0]])
+    rows.scale = (np.array([1.0, 1.0]), np.array([2.0, 2.0]))
+    np.testing.assert_array_equal(rows[np.array([1, 2])], [[0, 0], (x[0] - 1) / 2])
+    assert rows.shape == (4, 2) and len(rows) == 4
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [({"patience": 0}, "patience"), ({"min_delta": -1.0}, "min_delta"),

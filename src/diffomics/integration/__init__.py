@@ -1,6 +1,7 @@
 """Multi-omics integration: product-of-experts fusion, the `integrate` analysis, metrics."""
 
 from diffomics.integration._integrate import IntegrationModel as IntegrationModel
+from diffomics.integration._integrate import StreamedRows as StreamedRows
 from diffomics.integration._integrate import integrate as integrate
 from diffomics.integration._metrics import foscttm as foscttm
 from diffomics.integration._metrics import imputation_correlation as imputation_correlation
@@ -13,6 +14,7 @@ from diffomics.integration._priors import protein_background_prior as protein_ba
 
 __all__ = [
     "IntegrationModel",
+    "StreamedRows",
     "foscttm",
     "gaussian_kl",
     "imputation_correlation",

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
     from diffomics.operators._multiomics_vae import DifferentiableMultiOmicsVAE
 
-__all__ = ["IntegrationModel", "integrate"]
+__all__ = ["IntegrationModel", "StreamedRows", "integrate"]
 
 
 def _modalities(data) -> dict:
@@ -47,8 +47,76 @@ def _modalities(data) -> dict:
     raise ConfigError(msg)
 
 
+class StreamedRows:
+    """The rows of one modality of a backed AnnData, read from its file when indexed.
+
+    Stands in for the dense ``(n_cells, n_features)`` matrix of an in-memory modality:
+    ``rows[idx]`` (an index array or a slice) reads only those cells (in increasing file
+    order, as HDF5 wants, then put back in the order asked for), densified, in
+    `default_float`; cells without this modality are rows of 0. A standardised Gaussian
+    modality is standardised as it is read. Host memory then holds one minibatch of the
+    modality at a time, not the matrix.
+
+    Attributes:
+      shape: ``(n_cells, n_features)``.
+      dtype: the float type rows are returned in.
+    """
+
+    def __init__(self, x, rows: np.ndarray, n_features: int):
+        self._x = x
+        self._rows = np.asarray(rows, np.int64)
+        self.shape = (len(self._rows), int(n_features))
+        self.dtype = np.dtype(default_float())
+        self.ndim = 2
+        self.scale: tuple[np.ndarray, np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, idx) -> np.ndarray:
+        idx = np.arange(len(self))[idx] if isinstance(idx, slice) else np.asarray(idx)
+        rows = self._rows[idx]
+        out = np.zeros((len(idx), self.shape[1]), self.dtype)
+        have = rows >= 0
+        if have.any():
+            wanted, where = np.unique(rows[have], return_inverse=True)
+            block = self._x[wanted]
+            block = block.toarray() if scipy.sparse.issparse(block) else np.asarray(block)
+            block = block.astype(self.dtype)[where]
+            if self.scale is not None:
+                mean, sd = self.scale
+                block = ((block - mean) / sd).astype(self.dtype)
+            out[have] = block
+        return out
+
+
+def _chunks(data: dict, size: int = 4096):
+    """`data` (arrays or `StreamedRows` of one length) in chunks of `size` rows."""
+    n = len(next(iter(data.values())))
+    for start in range(0, n, size):
+        yield {k: v[start : start + size] for k, v in data.items()}
+
+
+def _column_moments(x, seen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and sd (1 where 0) of each column over the `seen` rows, summed in float64."""
+    total = square = 0.0
+    for chunk in _chunks({"x": x, "seen": seen}):
+        part = np.asarray(chunk["x"], np.float64)[chunk["seen"]]
+        total = total + part.sum(0)
+        square = square + (part**2).sum(0)
+    n = max(int(seen.sum()), 1)
+    mean = total / n
+    sd = np.sqrt(np.maximum(square / n - mean**2, 0.0))
+    f = default_float()
+    return mean.astype(f), np.where(sd > 0, sd, 1.0).astype(f)
+
+
 def _align(mods: dict, join: str) -> tuple[pd.Index, dict, dict, dict]:
-    """Cells (by obs_names) and, per modality, a dense matrix and an observed mask."""
+    """Cells (by obs_names) and, per modality, a dense matrix and an observed mask.
+
+    The matrix of a backed AnnData (``anndata.read_h5ad(path, backed="r")``) is a
+    `StreamedRows`, read a minibatch at a time.
+    """
     for name, adata in mods.items():
         if adata.obs_names.has_duplicates:
             dup = adata.obs_names[adata.obs_names.duplicated()][:3].tolist()
@@ -71,11 +139,15 @@ def _align(mods: dict, join: str) -> tuple[pd.Index, dict, dict, dict]:
     for name, adata in mods.items():
         pos = adata.obs_names.get_indexer(cells)
         present = pos >= 0
-        x = adata.X[pos[present]]
-        x = x.toarray() if scipy.sparse.issparse(x) else np.asarray(x)
-        full = np.zeros((len(cells), adata.n_vars), dtype=default_float())
-        full[present] = x
-        matrices[name], masks[name] = full, present.astype(default_float())
+        if adata.isbacked:
+            matrices[name] = StreamedRows(adata.X, pos, adata.n_vars)
+        else:
+            x = adata.X[pos[present]]
+            x = x.toarray() if scipy.sparse.issparse(x) else np.asarray(x)
+            full = np.zeros((len(cells), adata.n_vars), dtype=default_float())
+            full[present] = x
+            matrices[name] = full
+        masks[name] = present.astype(default_float())
         report[f"cells_without_{name}"] = int((~present).sum())
     if report["cells_not_in_every_modality"] and join == "inner":
         warnings.warn(
@@ -116,10 +188,12 @@ class IntegrationModel:
         """Modality names."""
         return self.module.config.names
 
-    def _chunks(self, data, size=1024):
-        n = len(next(iter(data.values())))
-        for start in range(0, n, size):
-            yield {k: v[start : start + size] for k, v in data.items()}
+    def _batch(self, chunk: dict, n: int):
+        """One-hot batch covariates of a chunk of `n` cells (`(n, 0)` without batches)."""
+        c = self.module.config
+        if c.n_batches:
+            return jax.nn.one_hot(np.asarray(chunk["batch"]), c.n_batches)
+        return np.zeros((n, 0), default_float())
 
     def latent(self, modalities: list[str] | None = None, data: dict | None = None) -> np.ndarray:
         """Joint posterior mean from all modalities or only `modalities`, `(n_cells, latent)`."""
@@ -129,7 +203,7 @@ class IntegrationModel:
             raise MissingKeyError(msg)
         self.module.eval()
         parts = [np.asarray(self.module.encode(chunk, modalities)[0])
-                 for chunk in self._chunks(data or self.data)]  # fmt: skip
+                 for chunk in _chunks(data or self.data, 1024)]  # fmt: skip
         return np.concatenate(parts)
 
     def impute(
@@ -157,43 +231,54 @@ class IntegrationModel:
             raise MissingKeyError(msg)
         data = data or self.data
         m = self.names.index(target)
-        z = self.latent(from_, data)
-        x = np.asarray(data[f"{target}_counts"], dtype=default_float())
-        observed = np.maximum(x.sum(1), 1.0)
-        mask = np.asarray(data.get(f"{target}_mask", np.ones(len(x))), bool)
+        c = self.module.config
+        decoder = self.module.decoders[m]
+        bernoulli = c.likelihood_list[m] == "bernoulli"
+        key = f"{target}_counts"
+        totals, own = [], []
+        for chunk in _chunks(data, 1024):  # every cell's total first: the median library
+            x = np.asarray(chunk[key], dtype=default_float())
+            totals.append(np.maximum(x.sum(1), 1.0))
+            if bernoulli:  # the cell factor reads the cell's own peaks: keep them out
+                binary = (x > 0).astype(default_float())
+                own.append(np.asarray(decoder.cell_logit(binary, self._batch(chunk, len(x))))[:, 0])
+        observed = np.concatenate(totals)
+        n = len(observed)
+        mask = np.asarray(data.get(f"{target}_mask", np.ones(n)), bool)
         median = np.median(observed[mask]) if mask.any() else 1.0
         if library == "median":
-            lib = np.full(len(x), median)
+            lib = np.full(n, median)
         elif library == "observed":
             lib = np.where(mask, observed, median)
         elif isinstance(library, int | float) and library > 0:
-            lib = np.full(len(x), float(library))
+            lib = np.full(n, float(library))
         else:
             msg = f"library must be 'median', 'observed' or a number > 0; found {library!r}."
             raise ConfigError(msg)
         lib = lib.astype(default_float())
-        c = self.module.config
-        batch = (jax.nn.one_hot(np.asarray(data["batch"]), c.n_batches) if c.n_batches
-                 else np.zeros((len(x), 0), default_float()))  # fmt: skip
-        decoder = self.module.decoders[m]
         cell = None
-        if c.likelihood_list[m] == "bernoulli":
-            # the cell factor reads the cell's own peaks: keep them out of a prediction
-            binary = (x > 0).astype(default_float())
-            own = np.asarray(decoder.cell_logit(binary, batch))[:, 0]
+        if bernoulli:
+            own = np.concatenate(own)
             centre = np.median(own[mask]) if mask.any() else 0.0
             if library == "median":
-                cell = np.full(len(x), centre)
+                cell = np.full(n, centre)
             elif library == "observed":
                 cell = np.where(mask, own, centre)
             elif library > 1:
                 msg = f"library for a Bernoulli target must be in (0, 1]; found {library!r}."
                 raise ConfigError(msg)
             else:
-                cell = np.full(len(x), np.log(library) - np.log1p(-min(library, 1 - 1e-7)))
+                cell = np.full(n, np.log(library) - np.log1p(-min(library, 1 - 1e-7)))
             cell = cell.astype(default_float())[:, None]
-        _, mean, _ = decoder(z, batch, x, lib, cell)
-        mean = np.asarray(mean)
+        z = self.latent(from_, data)
+        means = []
+        for k, chunk in enumerate(_chunks(data, 1024)):
+            rows = slice(1024 * k, 1024 * (k + 1))
+            x = np.asarray(chunk[key], dtype=default_float())
+            _, mean, _ = decoder(z[rows], self._batch(chunk, len(x)), x, lib[rows],
+                                 None if cell is None else cell[rows])  # fmt: skip
+            means.append(np.asarray(mean))
+        mean = np.concatenate(means)
         if target in self.scales:
             center, sd = self.scales[target]
             mean = mean * sd + center
@@ -362,7 +447,13 @@ def integrate(
 
     Args:
       data: a MuData, or a dict ``{name: AnnData}``; each ``X`` holds that modality
-        (counts for count likelihoods).
+        (counts for count likelihoods). An AnnData opened in backed mode
+        (``anndata.read_h5ad(path, backed="r")``, dense or sparse ``X``) is streamed: each
+        minibatch reads its cells from the file (`StreamedRows`), so host memory holds a
+        minibatch of it rather than the matrix; training gives the same numbers as in
+        memory. Standardising, the input checks and `IntegrationModel.impute` read it in
+        chunks; an ``nb_mixture`` modality (a protein panel) is read whole once for its
+        background prior.
       likelihoods: ``{name: likelihood}`` (`MODALITY_LIKELIHOODS`); default by name (rna,
         protein: NB; atac: Bernoulli; others: Gaussian).
       latent_dim: size of the joint latent space.
@@ -486,18 +577,21 @@ def integrate(
         for name, lik in zip(names, config.likelihood_list, strict=True):
             if lik == "gaussian":
                 x, seen = matrices[name], masks[name] > 0
-                mean = x[seen].mean(0)
-                sd = np.where(x[seen].std(0) > 0, x[seen].std(0), 1.0)
-                matrices[name] = np.where(seen[:, None], (x - mean) / sd, 0.0).astype(f)
-                scales[name] = (mean.astype(f), sd.astype(f))
+                mean, sd = _column_moments(x, seen)
+                if isinstance(x, StreamedRows):
+                    x.scale = (mean, sd)
+                else:
+                    matrices[name] = np.where(seen[:, None], (x - mean) / sd, 0.0).astype(f)
+                scales[name] = (mean, sd)
         report["standardized"] = sorted(scales)
     inputs = _inputs(names, matrices, masks, batch)
     module = DifferentiableMultiOmicsVAE(config, rngs=nnx.Rngs(params=seed, noise=seed + 1,
                                                                dropout=seed + 2))  # fmt: skip
-    module._check(inputs)
+    for chunk in _chunks(inputs):  # a backed modality is read once, a chunk at a time
+        module._check(chunk)
     for name, lik in zip(names, config.likelihood_list, strict=True):
         if lik == "nb_mixture":  # totalVI's empirical background prior
-            seen = matrices[name][masks[name] > 0]
+            seen = matrices[name][np.flatnonzero(masks[name] > 0)]  # (a protein panel)
             if len(seen) < 2:
                 msg = (
                     f"modality {name!r} has likelihood 'nb_mixture', whose background prior "
