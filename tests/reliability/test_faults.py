@@ -26,8 +26,14 @@ def _interrupt_when_checkpointed(args, checkpoint):
     Returns the child's exit status (non-zero when the signal stopped it).
     """
     code = "import sys; from diffomics.cli import main; sys.exit(main(sys.argv[1:]))"
-    proc = subprocess.Popen([sys.executable, "-c", code, *args],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    # a shell runs background jobs with SIGINT ignored, and the child would inherit that
+    # (Python then installs no KeyboardInterrupt handler): give it the default disposition
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.monotonic() + 120
     while proc.poll() is None and time.monotonic() < deadline:
         if checkpoint.exists():  # at least one chunk / epoch is done: interrupt it
