@@ -387,8 +387,8 @@ def analyze(
     )  # fmt: skip
     if len(maps) == 1:
         return _analyze_map(genome, weights, report, phasing_track, progress=progress, **options)
-    tracks = _split_track(phasing_track, genome, maps)
-    bounds = np.cumsum([0] + [m.n_bins for m in maps])
+    bounds = np.cumsum([0] + [m.n_bins for m in maps])  # each region's bins in `genome`
+    tracks = _split_track(phasing_track, genome, bounds)
     show = sys.stderr.isatty() if progress is None else progress
     results = {}
     for k, (name, cmap) in enumerate(tqdm(list(zip(names, maps, strict=True)), desc="hic",
@@ -414,7 +414,7 @@ def _regions(data, region, resolution) -> tuple[list[ContactMap], ContactMap, li
             )
             raise ConfigError(msg)
         uri = os.fspath(data) if isinstance(data, str | os.PathLike) else data.uri
-        regions = [region] if isinstance(region, str) else list(region)
+        regions = list(region)
         clr, chromnames = open_cooler(uri)
         maps = read_regions(clr, uri, regions, chromnames)
         chroms = [m.chroms[0] for m in maps]
@@ -460,13 +460,15 @@ def _weights(cmap: ContactMap, balance, *, ignore_diags: int, mesh) -> tuple[np.
     return weights, report
 
 
-def _split_track(track, genome: ContactMap, maps: list[ContactMap]) -> list:
-    """A phasing track for each region: a bed-like table as it is, an array cut by bins."""
+def _split_track(track, genome: ContactMap, bounds: np.ndarray) -> list:
+    """A phasing track per region: a bed-like table as it is, an array cut by bins.
+
+    Region `k` holds bins ``bounds[k]:bounds[k + 1]`` of `genome`.
+    """
     if track is None or isinstance(track, pd.DataFrame):
-        return [track] * len(maps)
+        return [track] * (len(bounds) - 1)
     values = _phasing(track, genome.bins)
-    bounds = np.cumsum([0] + [m.n_bins for m in maps])
-    return [values[bounds[k] : bounds[k + 1]] for k in range(len(maps))]
+    return [values[lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
 def _merge(genome: ContactMap, weights, report: dict, results: dict[str, HiCResult]):

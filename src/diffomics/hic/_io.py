@@ -93,7 +93,6 @@ class ContactMap:
             f"{self.source} (coarsened x{factor})",
         )
 
-
     def by_chrom(self) -> list[ContactMap]:
         """Each chromosome's own map (its cis pixels, bins from 0), in bin order."""
         ids = self.chrom_ids
@@ -137,6 +136,7 @@ def stack_maps(maps: list[ContactMap], source: str) -> ContactMap:
         None if any(w is None for w in weights) else np.concatenate(weights),
         source,
     )
+
 
 def from_dense(
     matrix, *, resolution: int = 1, chrom: str = "chr", start: int = 0, name: str = "matrix"
@@ -308,6 +308,16 @@ def _rows(group, first: int, last: int) -> tuple[np.ndarray, np.ndarray, np.ndar
     return bin1, bin2, count
 
 
+def _bin_table(group, chrom: str, first: int, last: int) -> tuple[pd.DataFrame, np.ndarray | None]:
+    """Bins ``[first, last)`` of chromosome `chrom`, and the file's weights for them or None."""
+    bins = pd.DataFrame({"chrom": chrom, "start": group["bins/start"][first:last],
+                         "end": group["bins/end"][first:last]})  # fmt: skip
+    bins = bins.astype({"chrom": str, "start": np.int64, "end": np.int64})
+    stored = group["bins"]
+    weights = stored["weight"][first:last].astype(np.float64) if "weight" in stored else None
+    return bins, weights
+
+
 def read_regions(clr, uri: str, regions: list[str], chromnames: list[str]) -> list[ContactMap]:
     """The cis maps of several regions of an open cooler, reading the file once.
 
@@ -317,16 +327,13 @@ def read_regions(clr, uri: str, regions: list[str], chromnames: list[str]) -> li
     extents = [_extent(clr, uri, r, chromnames) for r in regions]
     maps = []
     with clr.open("r") as group:
-        has_weight = "weight" in group["bins"]
         for region, (chrom, first, last) in zip(regions, extents, strict=True):
             b1, b2, count = _rows(group, first, last)
             inside = b2 < last
-            bins = pd.DataFrame({"chrom": chrom, "start": group["bins/start"][first:last],
-                                 "end": group["bins/end"][first:last]})  # fmt: skip
-            weights = group["bins/weight"][first:last].astype(np.float64) if has_weight else None
+            bins, weights = _bin_table(group, chrom, first, last)
             maps.append(
                 ContactMap(
-                    bins.astype({"chrom": str, "start": np.int64, "end": np.int64}),
+                    bins,
                     b1[inside] - first,
                     b2[inside] - first,
                     count[inside],
@@ -342,31 +349,27 @@ def _read_chroms(clr, uri: str, chroms: list[str], chromnames: list[str]) -> Con
     """Whole chromosomes of a cooler with their cis and trans pixels, in file order."""
     offsets = clr._load_dset("indexes/chrom_offset")
     new_id = np.full(int(clr.info["nbins"]), -1, np.int64)
-    parts, pieces, n = [], [], 0
+    tables, weights, pieces, n = [], [], [], 0
     with clr.open("r") as group:
-        has_weight = "weight" in group["bins"]
         for c in chroms:
             k = chromnames.index(c)
             lo, hi = int(offsets[k]), int(offsets[k + 1])
             new_id[lo:hi] = np.arange(hi - lo) + n
             n += hi - lo
-            columns = {"chrom": c, "start": group["bins/start"][lo:hi],
-                       "end": group["bins/end"][lo:hi]}  # fmt: skip
-            if has_weight:
-                columns["weight"] = group["bins/weight"][lo:hi].astype(np.float64)
-            parts.append(pd.DataFrame(columns))
+            bins, w = _bin_table(group, c, lo, hi)
+            tables.append(bins)
+            weights.append(w)
             pieces.append(_rows(group, lo, hi))
-    bins = pd.concat(parts, ignore_index=True)
     b1, b2, count = (np.concatenate(column) for column in zip(*pieces, strict=True))
     b1, b2 = new_id[b1], new_id[b2]
     keep = b2 >= 0
     return ContactMap(
-        bins[["chrom", "start", "end"]].astype({"chrom": str, "start": np.int64, "end": np.int64}),
+        pd.concat(tables, ignore_index=True),
         b1[keep],
         b2[keep],
         count[keep],
         int(clr.binsize),
-        bins["weight"].to_numpy() if has_weight else None,
+        None if weights[0] is None else np.concatenate(weights),
         f"{uri} {','.join(chroms)}",
     )
 
