@@ -20,8 +20,8 @@ def _outputs(folder):
     return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
 
 
-def _interrupt_when_checkpointed(args, checkpoint):
-    """Run the command `args` in a child and SIGINT it once `checkpoint` exists.
+def _signal_when(args, ready, sig):
+    """Run the command `args` in a child and send it `sig` as soon as ``ready()`` is true.
 
     Returns the child's exit status (non-zero when the signal stopped it).
     """
@@ -36,11 +36,16 @@ def _interrupt_when_checkpointed(args, checkpoint):
     )
     deadline = time.monotonic() + 120
     while proc.poll() is None and time.monotonic() < deadline:
-        if checkpoint.exists():  # at least one chunk / epoch is done: interrupt it
-            os.kill(proc.pid, signal.SIGINT)
+        if ready():
+            os.kill(proc.pid, sig)
             break
         time.sleep(0.005)
     return proc.wait(timeout=60)
+
+
+def _interrupt_when_checkpointed(args, checkpoint):
+    """SIGINT the command `args` once `checkpoint` exists (a chunk / epoch is done)."""
+    return _signal_when(args, checkpoint.exists, signal.SIGINT)
 
 
 def _assert_same_table(first, second):
@@ -60,17 +65,9 @@ def test_killed_run_leaves_no_truncated_file_and_reruns_identically(tmp_path):
     expected = _outputs(clean)
 
     killed = tmp_path / "killed"
-    code = "import sys; from diffomics.cli import main; sys.exit(main(sys.argv[1:]))"
-    proc = subprocess.Popen([sys.executable, "-c", code, *args, "--out", str(killed)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    deadline = time.monotonic() + 120
-    while proc.poll() is None and time.monotonic() < deadline:
-        if killed.is_dir() and any(killed.iterdir()):  # the first write has begun
-            os.kill(proc.pid, signal.SIGKILL)
-            break
-        time.sleep(0.005)
-    proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    first_write = lambda: killed.is_dir() and any(killed.iterdir())  # noqa: E731
+    returncode = _signal_when([*args, "--out", str(killed)], first_write, signal.SIGKILL)
+    assert returncode == -signal.SIGKILL, "the run ended before it could be killed"
     partial = _outputs(killed) if killed.is_dir() else []
     assert set(partial) < set(expected)  # killed mid-way: some outputs are missing ...
     for name in partial:  # ... and those present are complete
