@@ -6,8 +6,10 @@ pytest-xdist: the child owns its own JAX runtime). The checks that need one devi
 that padding rows change no loss, run in this process.
 """
 
+import json
 import os
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -31,17 +33,21 @@ from diffomics.core import (
 HERE = Path(__file__).parent
 
 
-def test_four_simulated_devices_give_the_one_device_results():
-    flags = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
+def _run(script: str, *args, devices: int, timeout: int = 600) -> subprocess.Popen:
+    """`script` in a fresh Python with `devices` simulated CPU devices, output piped."""
+    flags = os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={devices}"
     env = {**os.environ, "XLA_FLAGS": flags.strip(), "JAX_PLATFORMS": "cpu"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rs",
-         str(HERE / "four_devices.py")],
-        cwd=HERE.parent.parent, env=env, capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
-    report = proc.stdout[-6000:] + proc.stderr[-2000:]
+    return subprocess.Popen([sys.executable, *script.split(), *map(str, args)],
+                            cwd=HERE.parent.parent, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
+
+
+def test_four_simulated_devices_give_the_one_device_results():
+    proc = _run(f"-m pytest -p no:cacheprovider -q -rs {HERE / 'four_devices.py'}", devices=4)
+    stdout, _ = proc.communicate(timeout=900)
+    report = stdout[-8000:]
     assert proc.returncode == 0, report
-    summary = proc.stdout.strip().splitlines()[-1]
+    summary = stdout.strip().splitlines()[-1]
     assert re.search(r"\b7 passed\b", summary) and "skipped" not in summary, report
 
 
@@ -127,5 +133,42 @@ def test_masked_padding_cells_change_no_vae_loss():
     np.testing.assert_allclose(pad_loss, whole, rtol=1e-5)
     for a, b in zip(pad_grads, grads, strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
-    placed, scale = _place(batch, ["rna", "atac"], data_mesh(jax.devices()[:1]))
+    placed, scale = _place(batch, np.arange(6), ["rna", "atac"], data_mesh(jax.devices()[:1]))
     assert scale == 1.0 and placed["rna_counts"].shape == (6, 8)
+
+
+def test_two_processes_read_only_their_cells_and_train_as_one(tmp_path):
+    # jax.distributed on localhost: 2 processes x 2 CPU devices (Gloo collectives), against
+    # one process with 4 devices. Each process reads only the cells of its own devices; both
+    # end with the same model, which matches the one-process run to 1e-4 (float32 sums over
+    # devices in another order)
+    from diffomics.datasets import snareseq_celllines
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for name, adata in snareseq_celllines().items():
+        adata[:210].copy().write_h5ad(data / f"{name}.h5ad")
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    runs = {}
+    for n in (1, 2):
+        out = tmp_path / f"{n}"
+        out.mkdir()
+        ranks = [0] if n == 1 else [0, 1]
+        procs = [_run(str(HERE / "processes.py"), "--processes", n, "--rank", r, "--port", port,
+                      "--data", data, "--out", out, devices=4 // n) for r in ranks]  # fmt: skip
+        for proc in procs:
+            stdout, _ = proc.communicate(timeout=600)
+            assert proc.returncode == 0, stdout[-6000:]
+        runs[n] = out
+    read = lambda n, r: json.loads((runs[n] / f"reads_{r}.json").read_text())  # noqa: E731
+    # the minibatch [9, 0, 4, 2, 7, 1, 5] padded to 8 cells: devices 0-1 hold [9, 0, 4, 2]
+    assert read(2, 0) == [0, 2, 4, 9]
+    assert read(2, 1) == [1, 5, 5, 7]
+    assert read(1, 0) == [0, 1, 2, 4, 5, 5, 7, 9]
+    load = lambda n, what, r=0: np.load(runs[n] / f"{what}_{r}.npy")  # noqa: E731
+    for what in ("history", "latent"):
+        np.testing.assert_array_equal(load(2, what, 1), load(2, what, 0))
+    np.testing.assert_allclose(load(2, "history"), load(1, "history"), rtol=1e-4)
+    np.testing.assert_allclose(load(2, "latent"), load(1, "latent"), atol=1e-4)

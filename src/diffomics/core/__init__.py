@@ -28,6 +28,7 @@ from diffomics.core._sharding import padded_size as padded_size
 from diffomics.core._sharding import replicate as replicate
 from diffomics.core._sharding import row_weights as row_weights
 from diffomics.core._sharding import shard_rows as shard_rows
+from diffomics.core._sharding import shard_rows_from as shard_rows_from
 
 __all__ = [
     "DATA_AXIS",
@@ -57,5 +58,6 @@ __all__ = [
     "row_weights",
     "safe_eigh",
     "shard_rows",
+    "shard_rows_from",
     "storey_pi0",
 ]

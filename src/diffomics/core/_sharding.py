@@ -12,7 +12,9 @@ on them) and carry weight 0 in `row_weights`; losses that take the weights ignor
 exactly.
 
 Across hosts the same code runs after ``jax.distributed.initialize()``: `data_mesh` then
-spans the devices of every process (see ``docs/distributed.md``).
+spans the devices of every process, and arrays are built with
+`jax.make_array_from_callback`, so each process reads and places only the rows of its own
+devices (see ``docs/distributed.md``).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ __all__ = [
     "replicate",
     "row_weights",
     "shard_rows",
+    "shard_rows_from",
 ]
 
 #: Name of the mesh axis that rows (spots, cells) are split over.
@@ -134,6 +137,9 @@ def row_weights(n_rows: int, n_padded: int) -> np.ndarray:
 def shard_rows(x, mesh: Mesh) -> jax.Array:
     """Place `x` on `mesh`, its rows split over the ``"data"`` axis.
 
+    Each device receives its own block of rows; in a run of several processes, each
+    process copies only the blocks of its own devices (`shard_rows_from`).
+
     Args:
       x: array whose first axis is divisible by the mesh's device count (pad it first with
         `pad_rows`).
@@ -150,15 +156,44 @@ def shard_rows(x, mesh: Mesh) -> jax.Array:
       >>> a.sharding.spec == PartitionSpec("data")
       True
     """
+    x = x if isinstance(x, jax.Array) else np.asarray(x)
+    return shard_rows_from(lambda rows: x[rows], np.shape(x), mesh)
+
+
+def shard_rows_from(read, shape: tuple[int, ...], mesh: Mesh) -> jax.Array:
+    """An array of `shape` on `mesh`, rows split over ``"data"``, read block by block.
+
+    ``read(rows)`` is called with a `slice` of rows once per device of this process (only
+    for the devices this process owns, in a run of several processes) and returns those
+    rows: a process never touches the other processes' rows, so a file-backed source (a
+    backed AnnData, a Zarr array) is read only where it is used.
+
+    Args:
+      read: ``read(rows: slice) -> array`` of shape ``(rows.stop - rows.start,
+        *shape[1:])``.
+      shape: the global shape; ``shape[0]`` divisible by the mesh's device count.
+      mesh: a mesh from `data_mesh`.
+
+    Returns:
+      A `jax.Array` with sharding ``NamedSharding(mesh, PartitionSpec("data"))``.
+
+    Raises:
+      ShapeError: the rows do not divide over the devices.
+
+    Examples:
+      >>> x = np.arange(8.0).reshape(4, 2)
+      >>> shard_rows_from(lambda rows: x[rows], x.shape, data_mesh(jax.devices()[:1])).sum()
+      Array(28., dtype=float32)
+    """
     n_dev = mesh.devices.size
-    rows = np.shape(x)[0] if np.ndim(x) else 0
-    if np.ndim(x) == 0 or rows % n_dev:
+    if len(shape) == 0 or shape[0] % n_dev:
         msg = (
             f"x must have a number of rows divisible by the {n_dev} devices of the mesh; "
-            f"found shape {np.shape(x)}. Pad it with pad_rows(x, padded_size(n, mesh))."
+            f"found shape {tuple(shape)}. Pad it with pad_rows(x, padded_size(n, mesh))."
         )
         raise ShapeError(msg)
-    return jax.device_put(x, NamedSharding(mesh, PartitionSpec(DATA_AXIS)))
+    sharding = NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+    return jax.make_array_from_callback(tuple(shape), sharding, lambda index: read(index[0]))
 
 
 def replicate(tree, mesh: Mesh):
@@ -169,11 +204,27 @@ def replicate(tree, mesh: Mesh):
       mesh: a mesh from `data_mesh`.
 
     Returns:
-      The same pytree, each array a `jax.Array` fully replicated on the mesh.
+      The same pytree, each array a `jax.Array` fully replicated on the mesh. On a mesh
+      over several processes each process places its host copy of the values on its own
+      devices (JAX's `device_put` cannot send to another process's devices); every
+      process must then hold the same values, as it does when all run the same program
+      with the same seed.
 
     Examples:
       >>> params = replicate({"w": np.zeros(3)}, data_mesh(jax.devices()[:1]))
       >>> params["w"].sharding.is_fully_replicated
       True
     """
-    return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
+    sharding = NamedSharding(mesh, PartitionSpec())
+    if not mesh.is_multi_process:
+        return jax.device_put(tree, sharding)
+    return jax.tree.map(lambda a: _replicated(a, sharding), tree)
+
+
+def _replicated(a, sharding: NamedSharding) -> jax.Array:
+    """The host value of `a` copied to each of this process's devices of `sharding`."""
+    if isinstance(a, jax.Array) and jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
+        data = _replicated(jax.random.key_data(a), sharding)
+        return jax.random.wrap_key_data(data, impl=jax.random.key_impl(a))
+    host = np.asarray(a)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])

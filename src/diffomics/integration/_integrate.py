@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from diffomics.core._checkpoint import load_checkpoint, save_checkpoint
 from diffomics.core._errors import ConfigError, MissingKeyError, ShapeError
 from diffomics.core._numerics import default_float
-from diffomics.core._sharding import pad_rows, padded_size, replicate, shard_rows
+from diffomics.core._sharding import pad_rows, padded_size, replicate, shard_rows_from
 
 if TYPE_CHECKING:
     from jax.sharding import Mesh
@@ -384,23 +384,33 @@ def _eval_loss(graph: _Graph, state, batch_data, scale):
     return losses, nnx.state((model, opt))
 
 
-def _place(batch_data: dict, names, mesh: Mesh | None) -> tuple[dict, np.floating]:
-    """A minibatch split over the devices of `mesh`, and the factor that undoes its padding.
+def _place(inputs: dict, idx: np.ndarray, names, mesh: Mesh | None) -> tuple[dict, np.floating]:
+    """The cells `idx` of `inputs`, split over the devices of `mesh`, and the padding factor.
 
     Cells are padded to a multiple of the device count with copies of the last cell whose
     modality masks are 0: such a cell has no likelihood term and its joint posterior is the
     prior (KL 0), so it adds exactly 0 to every sum of the loss, and multiplying the mean
-    over the padded cells by ``n_padded / n_cells`` gives the mean over the real ones.
+    over the padded cells by ``n_padded / n_cells`` gives the mean over the real ones. Each
+    device's block of cells is read on its own (`shard_rows_from`), so in a run of several
+    processes each process reads only its devices' cells (from the file, when streamed).
     """
     if mesh is None:
-        return batch_data, default_float().type(1.0)
-    n = len(next(iter(batch_data.values())))
+        return {k: v[idx] for k, v in inputs.items()}, default_float().type(1.0)
+    n = len(idx)
     n_padded = padded_size(n, mesh)
-    padded = {k: pad_rows(v, n_padded) for k, v in batch_data.items()}
-    for name in names:
-        padded[f"{name}_mask"] = padded[f"{name}_mask"].copy()
-        padded[f"{name}_mask"][n:] = 0.0
-    return {k: shard_rows(v, mesh) for k, v in padded.items()}, default_float().type(n_padded / n)
+    cells, real = pad_rows(idx, n_padded), np.arange(n_padded) < n
+    masks = {f"{name}_mask" for name in names}
+
+    def reader(key, values):
+        def read(rows: slice) -> np.ndarray:
+            block = np.asarray(values[cells[rows]])
+            return np.where(real[rows], block, 0).astype(block.dtype) if key in masks else block
+
+        return read
+
+    placed = {k: shard_rows_from(reader(k, v), (n_padded, *v.shape[1:]), mesh)
+              for k, v in inputs.items()}  # fmt: skip
+    return placed, default_float().type(n_padded / n)
 
 
 def _snapshot(state):
@@ -644,7 +654,6 @@ def integrate(
     n_val = int(round(validation_fraction * n)) if n >= 20 else 0
     val_idx, train_idx = order[:n_val], order[n_val:]
     batch_size = int(min(batch_size, len(train_idx)))
-    take = lambda idx: {k: v[idx] for k, v in inputs.items()}  # noqa: E731
 
     optimizer = nnx.Optimizer(module, _adam(learning_rate), wrt=nnx.Param)
     gradnorm = nnx.jit(gradnorm_step) if use_gradnorm else None
@@ -692,7 +701,7 @@ def integrate(
         perm = rng.permutation(train_idx)
         losses = []
         for b in range(len(perm) // batch_size):
-            batch_data, scale = _place(take(perm[b * batch_size : (b + 1) * batch_size]),
+            batch_data, scale = _place(inputs, perm[b * batch_size : (b + 1) * batch_size],
                                        names, mesh)  # fmt: skip
             loss, state = _train_step(graph, state, batch_data,
                                       default_float().type(kl_scale), scale)  # fmt: skip
@@ -709,7 +718,7 @@ def integrate(
             chunks = []
             for s in range(0, n_val, 1024):
                 pair, state = _eval_loss(graph, state,
-                                         *_place(take(val_idx[s : s + 1024]), names, mesh))
+                                         *_place(inputs, val_idx[s : s + 1024], names, mesh))
                 chunks.append(pair)
             val_elbo, val_rec = (float(np.mean([float(c[k]) for c in chunks])) for k in (0, 1))
         else:  # too few cells to hold any out: the training loss
@@ -741,6 +750,8 @@ def integrate(
             )  # fmt: skip
         if stopped:
             break
+    if mesh is not None and mesh.is_multi_process:  # each process returns its own copy
+        best_state = jax.tree.map(lambda a: a.addressable_data(0), best_state)
     nnx.update(module, best_state)
     module.eval()
     report.update(

@@ -1,0 +1,70 @@
+"""One process of a multi-process run on CPU, for `test_distributed.py`.
+
+Not collected by pytest (no ``test_`` prefix). `test_distributed.py` starts it as every
+process of a run (``--processes 2``: two processes, two simulated devices each, joined by
+``jax.distributed.initialize`` on localhost, the CPU collectives going over Gloo) and as a
+single reference process with four devices (``--processes 1``). Each process writes what
+it saw to ``--out``:
+
+- ``reads_<rank>.json``: the cells each process read to place one minibatch of 7 cells
+  (padded to 8) on the 4-device mesh;
+- ``latent_<rank>.npy`` and ``history_<rank>.npy``: `integrate` on 210 SNARE-seq cells,
+  streamed from backed ``.h5ad`` files in ``--data``, on a mesh over all 4 devices.
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+import anndata as ad
+import jax
+import numpy as np
+
+from diffomics.core import data_mesh
+from diffomics.integration import integrate
+from diffomics.integration._integrate import _place
+
+
+class Spy:
+    """A modality matrix that records the cells read from it."""
+
+    def __init__(self, x):
+        self.x, self.shape, self.reads = x, x.shape, []
+
+    def __getitem__(self, rows):
+        self.reads.extend(np.asarray(rows).tolist())
+        return self.x[rows]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--processes", type=int, required=True)
+    parser.add_argument("--rank", type=int, default=0)
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    if args.processes > 1:
+        jax.distributed.initialize(f"localhost:{args.port}", args.processes, args.rank,
+                                   initialization_timeout=120)  # fmt: skip
+    assert jax.device_count() == 4, jax.devices()
+
+    mesh = data_mesh()
+    spy = Spy(np.arange(20.0).reshape(10, 2))
+    inputs = {"rna_counts": spy, "rna_mask": np.ones(10)}
+    placed, _ = _place(inputs, np.array([9, 0, 4, 2, 7, 1, 5]), ["rna"], mesh)
+    assert placed["rna_counts"].shape == (8, 2)
+    (args.out / f"reads_{args.rank}.json").write_text(json.dumps(sorted(spy.reads)))
+
+    mods = {name: ad.read_h5ad(args.data / f"{name}.h5ad", backed="r")
+            for name in ("rna", "atac")}  # fmt: skip
+    model = integrate(mods, likelihoods={"rna": "gaussian", "atac": "gaussian"}, max_epochs=2,
+                      batch_size=50, hidden_dim=16, n_layers=1, progress=False,
+                      mesh=mesh)  # fmt: skip
+    columns = ["train_loss", "validation_loss", "validation_reconstruction_loss"]
+    np.save(args.out / f"history_{args.rank}.npy", model.history[columns].to_numpy())
+    np.save(args.out / f"latent_{args.rank}.npy", model.latent())
+
+
+if __name__ == "__main__":
+    main()
