@@ -19,13 +19,14 @@ a machine with several accelerators the same code splits the work.
 - ``integration``: `integrate` of two simulated Gaussian modalities (20 and 30 features,
   two groups of cells) for 3 epochs of minibatches of 512 cells, every minibatch split over
   the devices; median seconds per epoch after the first, and FOSCTTM.
-- ``counts_in_memory`` / ``counts_backed``: out-of-core input. `integrate` (NB likelihoods)
-  of Poisson RNA counts (2,000 genes, sparse, mostly zero) and protein counts (30 markers)
-  of ``n`` simulated cells whose means are log-linear in a shared 3-d latent state (two
-  groups), written by the parent to ``.h5ad`` files; the child
-  reads them with ``anndata.read_h5ad(path)`` (in memory: the RNA matrix densified, 4 bytes
-  per value) or with ``backed="r"`` (streamed: each minibatch of 512 cells read from the
-  file). 2 epochs; peak memory, seconds per epoch and FOSCTTM; one device.
+- ``counts_in_memory`` / ``counts_backed`` / ``counts_zarr``: out-of-core input. `integrate`
+  (NB likelihoods) of Poisson RNA counts (2,000 genes, sparse, mostly zero) and protein
+  counts (30 markers) of ``n`` simulated cells whose means are log-linear in a shared 3-d
+  latent state (two groups), written by the parent to ``.h5ad`` files and Zarr stores; the
+  child reads them with ``anndata.read_h5ad(path)`` (in memory: the RNA matrix densified, 4
+  bytes per value), with ``backed="r"`` or with `diffomics.integration.open_zarr`
+  (streamed: each minibatch of 512 cells read from the file). 2 epochs; peak memory,
+  seconds per epoch and FOSCTTM; one device.
 - ``hic``: `hic.analyze` (balance, expected, insulation at 10 bins; no dots) of a Poisson
   power-law band of 100 diagonals at 10 kb, given as a scipy sparse matrix (no file); with
   4 devices the pixels (balancing, expected) and the rows of the band (insulation) are
@@ -64,12 +65,15 @@ SIZES = {
     "integration": (10_000, 100_000),
     "counts_in_memory": (100_000,),
     "counts_backed": (100_000,),
+    "counts_zarr": (100_000,),
     "hic": (10_000, 50_000, 200_000),
 }
 QUICK = {"deconvolution": (10_000,), "spatial_genes": (10_000,), "integration": (10_000,),
-         "counts_in_memory": (10_000,), "counts_backed": (10_000,), "hic": (10_000,)}  # fmt: skip
+         "counts_in_memory": (10_000,), "counts_backed": (10_000,), "counts_zarr": (10_000,),
+         "hic": (10_000,)}  # fmt: skip
 DEVICES = {"deconvolution": (1, 4), "spatial_genes": (1, 4), "integration": (1, 4),
-           "counts_in_memory": (1,), "counts_backed": (1,), "hic": (1, 4)}  # fmt: skip
+           "counts_in_memory": (1,), "counts_backed": (1,), "counts_zarr": (1,),
+           "hic": (1, 4)}  # fmt: skip
 COUNTS_GENES, COUNTS_PROTEINS = 2_000, 30
 SEED = 0
 
@@ -177,7 +181,7 @@ def _integration_record(model, seconds: float, other: str) -> dict:
 
 
 def write_counts(folder: Path, n: int) -> None:
-    """RNA (sparse) and protein counts of `n` cells sharing a latent state, as ``.h5ad``."""
+    """RNA (sparse) and protein counts of `n` cells sharing a latent state, ``.h5ad`` and Zarr."""
     import anndata as ad
     import pandas as pd
     import scipy.sparse
@@ -192,21 +196,24 @@ def write_counts(folder: Path, n: int) -> None:
     for lo in range(0, n, 10_000):
         mean = rate * np.exp(latent[lo : lo + 10_000] @ loading)
         parts.append(scipy.sparse.csr_matrix(rng.poisson(mean).astype(np.float32)))
-    ad.AnnData(scipy.sparse.vstack(parts).tocsr(), obs=obs).write_h5ad(folder / "rna.h5ad")
     level = rng.gamma(2.0, 20.0, COUNTS_PROTEINS)
     protein = rng.poisson(level * np.exp(latent @ rng.normal(0.0, 0.5, (3, COUNTS_PROTEINS))))
-    ad.AnnData(protein.astype(np.float32), obs=obs).write_h5ad(folder / "protein.h5ad")
+    for name, x in (("rna", scipy.sparse.vstack(parts).tocsr()),
+                    ("protein", protein.astype(np.float32))):  # fmt: skip
+        ad.AnnData(x, obs=obs).write_h5ad(folder / f"{name}.h5ad")
+        ad.AnnData(x, obs=obs).write_zarr(folder / f"{name}.zarr")
 
 
-def run_counts(n: int, devices: int, *, backed: bool) -> dict:
+def run_counts(n: int, devices: int, *, store: str) -> dict:
     import anndata as ad
 
-    from diffomics.integration import integrate
+    from diffomics.integration import integrate, open_zarr
 
     folder = Path(COUNTS_DIR)
     start = time.perf_counter()
-    mods = {name: ad.read_h5ad(folder / f"{name}.h5ad", backed="r" if backed else None)
-            for name in ("rna", "protein")}  # fmt: skip
+    read = {"memory": ad.read_h5ad, "backed": lambda p: ad.read_h5ad(p, backed="r"),
+            "zarr": lambda p: open_zarr(p.with_suffix(".zarr"))}[store]  # fmt: skip
+    mods = {name: read(folder / f"{name}.h5ad") for name in ("rna", "protein")}
     model = integrate(mods, likelihoods={"rna": "nb", "protein": "nb"}, max_epochs=2,
                       batch_size=512, hidden_dim=64, progress=False,
                       mesh=_mesh(devices))  # fmt: skip
@@ -249,8 +256,9 @@ def run_hic(n: int, devices: int) -> dict:
 
 RUNNERS = {"deconvolution": run_deconvolution, "spatial_genes": run_spatial_genes,
            "integration": run_integration,
-           "counts_in_memory": functools.partial(run_counts, backed=False),
-           "counts_backed": functools.partial(run_counts, backed=True), "hic": run_hic}  # fmt: skip
+           "counts_in_memory": functools.partial(run_counts, store="memory"),
+           "counts_backed": functools.partial(run_counts, store="backed"),
+           "counts_zarr": functools.partial(run_counts, store="zarr"), "hic": run_hic}  # fmt: skip
 COUNTS_DIR = ""  # the folder of write_counts' files (set by --counts-dir in a child)
 
 
@@ -274,7 +282,7 @@ def _table(results: list[dict]) -> str:
             t = f"{o.get('seconds', float('nan')):.1f} s"
             acc = f"{o.get('planted_found')} of {o.get('planted')} planted; " \
                   f"{o.get('null_called')} null called"
-        elif r["workload"] in ("integration", "counts_in_memory", "counts_backed"):
+        elif r["workload"] == "integration" or r["workload"].startswith("counts"):
             t = f"{o.get('seconds_per_epoch', float('nan')):.2f} s/epoch " \
                 f"(first {o.get('first_epoch_seconds', float('nan')):.1f} s)"
             acc = f"FOSCTTM {o.get('foscttm_5000_cells', float('nan')):.3f}"

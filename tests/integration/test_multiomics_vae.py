@@ -444,12 +444,16 @@ def test_training_resumes_from_its_checkpoint_bitwise(tmp_path):
         integrate(_mods(n=60), max_epochs=6, checkpoint=path, **kwargs)
 
 
-@pytest.mark.parametrize("likelihoods", [None, {"rna": "gaussian"}], ids=["counts", "gaussian"])
-def test_backed_anndata_is_streamed_and_trains_as_in_memory(tmp_path, likelihoods):
+@pytest.mark.parametrize(
+    ("likelihoods", "store"),
+    [(None, "h5ad"), ({"rna": "gaussian"}, "h5ad"), (None, "zarr")],
+    ids=["counts", "gaussian", "zarr"],
+)
+def test_backed_anndata_is_streamed_and_trains_as_in_memory(tmp_path, likelihoods, store):
     import anndata as ad
     import scipy.sparse
 
-    from diffomics.integration import StreamedRows
+    from diffomics.integration import StreamedRows, open_zarr
 
     # the checkpoint test's settings (its compiled steps are reused); mosaic: 10 cells
     # have no peaks; the peaks are stored sparse (CSR), the RNA dense
@@ -460,9 +464,15 @@ def test_backed_anndata_is_streamed_and_trains_as_in_memory(tmp_path, likelihood
     mods["atac"] = mods["atac"][10:].copy()
     mods["atac"].X = scipy.sparse.csr_matrix(mods["atac"].X)
     in_memory = integrate(mods, **kwargs)
+    backed = {}
     for name, adata in mods.items():
-        adata.write_h5ad(tmp_path / f"{name}.h5ad")
-    backed = {name: ad.read_h5ad(tmp_path / f"{name}.h5ad", backed="r") for name in mods}
+        path = tmp_path / f"{name}.{store}"
+        if store == "zarr":
+            adata.write_zarr(path)
+            backed[name] = open_zarr(path)
+        else:
+            adata.write_h5ad(path)
+            backed[name] = ad.read_h5ad(path, backed="r")
     streamed = integrate(backed, **kwargs)
     assert all(isinstance(streamed.data[f"{n}_counts"], StreamedRows) for n in mods)
     pd.testing.assert_frame_equal(streamed.history, in_memory.history, check_exact=True)

@@ -3,6 +3,7 @@
 from diffomics.integration._integrate import IntegrationModel as IntegrationModel
 from diffomics.integration._integrate import StreamedRows as StreamedRows
 from diffomics.integration._integrate import integrate as integrate
+from diffomics.integration._integrate import open_zarr as open_zarr
 from diffomics.integration._metrics import foscttm as foscttm
 from diffomics.integration._metrics import imputation_correlation as imputation_correlation
 from diffomics.integration._metrics import knn_label_accuracy as knn_label_accuracy
@@ -21,6 +22,7 @@ __all__ = [
     "integrate",
     "knn_label_accuracy",
     "label_silhouette",
+    "open_zarr",
     "product_of_experts",
     "protein_background_prior",
     "symmetric_gaussian_kl",

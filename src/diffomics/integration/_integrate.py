@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
     from diffomics.operators._multiomics_vae import DifferentiableMultiOmicsVAE
 
-__all__ = ["IntegrationModel", "StreamedRows", "integrate"]
+__all__ = ["IntegrationModel", "StreamedRows", "integrate", "open_zarr"]
 
 
 def _modalities(data) -> dict:
@@ -47,8 +47,54 @@ def _modalities(data) -> dict:
     raise ConfigError(msg)
 
 
+def open_zarr(store: str | os.PathLike):
+    """An AnnData Zarr store (``AnnData.write_zarr``) opened with its ``X`` left on disk.
+
+    ``obs``, ``var``, ``obsm`` and ``uns`` are read into memory; ``X`` stays in the store, a
+    ``zarr.Array`` when dense or anndata's CSR/CSC dataset when sparse, read when indexed.
+    `integrate` streams such an AnnData as it does one opened with
+    ``anndata.read_h5ad(path, backed="r")``: a minibatch of cells at a time. The store is
+    opened read-only; results (``obsm["X_diffomics"]``) go to the AnnData in memory.
+
+    Args:
+      store: path (or any store ``zarr.open_group`` accepts) of the AnnData written by
+        ``AnnData.write_zarr``.
+
+    Returns:
+      An `anndata.AnnData` whose ``X`` is read from the store when indexed.
+
+    Raises:
+      MissingKeyError: the store has no ``X``.
+
+    Examples:
+      >>> import tempfile, anndata as ad
+      >>> path = Path(tempfile.mkdtemp()) / "rna.zarr"
+      >>> ad.AnnData(np.ones((3, 2), np.float32)).write_zarr(path)
+      >>> adata = open_zarr(path)
+      >>> type(adata.X).__name__, adata.X[np.array([0, 2])].shape
+      ('Array', (2, 2))
+    """
+    import anndata as ad  # noqa: PLC0415 - anndata is slow to import
+    import zarr  # noqa: PLC0415
+
+    group = zarr.open_group(store, mode="r")
+    if "X" not in group:
+        msg = f"store {store} has no X; expected an AnnData written by AnnData.write_zarr."
+        raise MissingKeyError(msg)
+    x = group["X"]
+    x = ad.io.sparse_dataset(x) if isinstance(x, zarr.Group) else x
+    parts = {k: ad.io.read_elem(group[k]) for k in ("obs", "var", "obsm", "uns") if k in group}
+    return ad.AnnData(X=x, **parts)
+
+
+def _on_disk(adata) -> bool:
+    """Whether `adata`'s ``X`` is read from a file when indexed (backed h5ad, Zarr)."""
+    in_memory = (np.ndarray, scipy.sparse.spmatrix, scipy.sparse.sparray)
+    return adata.isbacked or not isinstance(adata.X, in_memory)
+
+
 class StreamedRows:
-    """The rows of one modality of a backed AnnData, read from its file when indexed.
+    """The rows of one modality of an on-disk AnnData, read from its file when indexed.
 
     Stands in for the dense ``(n_cells, n_features)`` matrix of an in-memory modality:
     ``rows[idx]`` (an index array or a slice) reads only those cells (in increasing file
@@ -114,8 +160,8 @@ def _column_moments(x, seen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _align(mods: dict, join: str) -> tuple[pd.Index, dict, dict, dict]:
     """Cells (by obs_names) and, per modality, a dense matrix and an observed mask.
 
-    The matrix of a backed AnnData (``anndata.read_h5ad(path, backed="r")``) is a
-    `StreamedRows`, read a minibatch at a time.
+    The matrix of an on-disk AnnData (``anndata.read_h5ad(path, backed="r")``, `open_zarr`)
+    is a `StreamedRows`, read a minibatch at a time.
     """
     for name, adata in mods.items():
         if adata.obs_names.has_duplicates:
@@ -139,7 +185,7 @@ def _align(mods: dict, join: str) -> tuple[pd.Index, dict, dict, dict]:
     for name, adata in mods.items():
         pos = adata.obs_names.get_indexer(cells)
         present = pos >= 0
-        if adata.isbacked:
+        if _on_disk(adata):
             matrices[name] = StreamedRows(adata.X, pos, adata.n_vars)
         else:
             x = adata.X[pos[present]]
@@ -495,8 +541,9 @@ def integrate(
 
     Args:
       data: a MuData, or a dict ``{name: AnnData}``; each ``X`` holds that modality
-        (counts for count likelihoods). An AnnData opened in backed mode
-        (``anndata.read_h5ad(path, backed="r")``, dense or sparse ``X``) is streamed: each
+        (counts for count likelihoods). An AnnData whose ``X`` is on disk, opened in backed
+        mode (``anndata.read_h5ad(path, backed="r")``) or from Zarr (`open_zarr`), dense or
+        sparse, is streamed: each
         minibatch reads its cells from the file (`StreamedRows`), so host memory holds a
         minibatch of it rather than the matrix; training gives the same numbers as in
         memory. Standardising, the input checks and `IntegrationModel.impute` read it in
