@@ -67,6 +67,29 @@ def test_nb_gradients_finite_at_zero_counts_and_tiny_mean():
     assert float(jnp.abs(g[0]).min()) > 0
 
 
+def test_nb_gradient_in_theta_matches_float64_digammas():
+    # the NB's log binomial coefficient is betaln with a hand-written derivative in theta,
+    # psi(theta) - psi(theta + x + 1), series for large theta: against scipy in float64
+    # from theta 1e-3 to 1e6 and counts 0 to 1e4, the whole NB gradient to 1e-4 relative
+    from scipy.special import digamma
+
+    from diffomics.core._likelihoods import digamma_difference
+
+    theta, x = np.meshgrid(np.geomspace(1e-3, 1e6, 300), [0.0, 1.0, 2.0, 6.0, 49.0, 1e3, 1e4])
+    mu = np.full_like(theta, 3.0)
+    # d/dtheta of logpmf: psi(x + theta) - psi(theta) + log(theta / (theta + mu)) + ...
+    expected = (digamma(x + theta) - digamma(theta) + np.log(theta / (theta + mu))
+                + (mu - x) / (theta + mu))  # fmt: skip
+    got = jax.grad(lambda t: nb_log_prob(jnp.asarray(x, jnp.float32), jnp.asarray(mu, jnp.float32),
+                                         t).sum())(jnp.asarray(theta, jnp.float32))  # fmt: skip
+    scale = np.abs(digamma(x + theta) - digamma(theta)) + np.abs(expected)
+    error = np.abs(np.asarray(got, np.float64) - expected)
+    np.testing.assert_array_less(error, 1e-4 * scale + 1e-7)
+    d = digamma_difference(jnp.asarray(theta, jnp.float32), jnp.asarray(x + 1.0, jnp.float32))
+    reference = digamma(theta) - digamma(theta + x + 1.0)
+    np.testing.assert_allclose(np.asarray(d, np.float64), reference, rtol=1e-5)
+
+
 def test_dirichlet_softmax_basis_density():
     """Equals the simplex Dirichlet density times the softmax Jacobian prod_k p_k."""
     rng = np.random.default_rng(0)

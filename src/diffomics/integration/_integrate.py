@@ -512,6 +512,7 @@ def integrate(
     modality_weight_mode: str = "equal",
     use_gradnorm: bool = False,
     modality_penalty: str = "jeffreys",
+    subset_sampling: bool = False,
     max_epochs: int = 400,
     batch_size: int = 128,
     learning_rate: float = 1e-3,
@@ -567,6 +568,10 @@ def integrate(
         (0.14 to 0.11) and ECCITE-seq (0.03 to 0.016) and raised the label silhouette on
         SNARE-seq and sci-CAR, at a FOSCTTM on sci-CAR within its seed-to-seed spread
         (``benchmarks/integration.py``).
+      subset_sampling: in training, decode each cell once, from its joint or one
+        modality's posterior drawn at random, an unbiased estimate of the joint plus
+        single-modality ELBOs (`MultiOmicsVAEConfig.subset_sampling`); validation losses
+        stay exact.
       max_epochs: epoch limit.
       batch_size: cells per minibatch.
       learning_rate: Adam step size (> 0).
@@ -665,6 +670,7 @@ def integrate(
         modality_weight_mode=modality_weight_mode,
         use_gradnorm=use_gradnorm,
         modality_penalty=modality_penalty,
+        subset_sampling=subset_sampling,
     )
     scales = {}
     if standardize:
@@ -715,7 +721,7 @@ def integrate(
                             config.likelihood_list, latent_dim, hidden_dim, n_layers,
                             batch_size, learning_rate, n_epochs_kl_warmup, seed,
                             modality_weight_mode, use_gradnorm, modality_penalty,
-                            early_stopping_monitor])  # fmt: skip
+                            early_stopping_monitor, subset_sampling])  # fmt: skip
     if path is not None and path.exists():
         like = (nnx.state(module), nnx.state(optimizer), best_state)
         (state, opt_state, best_state), stored = load_checkpoint(path, like)

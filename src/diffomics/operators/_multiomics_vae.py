@@ -84,6 +84,12 @@ class MultiOmicsVAEConfig(OperatorConfig):
         modality's expert alone (with the prior) reconstructing every observed modality
         (MVAE's sub-sampled objective): each expert then stands on its own, so latents from
         one modality align with the others' and cross-modal imputation works.
+      subset_sampling: with `unimodal_elbo`, in training mode (``module.train()``) each
+        cell's ELBO comes from one posterior, the joint one or one modality's, drawn
+        uniformly per cell and weighted by their number ``M + 1``: an unbiased estimate of
+        the joint plus single-modality ELBOs at one decoding per cell instead of ``M + 1``
+        (the decoders, over every feature, are most of the cost). In evaluation mode
+        (``module.eval()``: validation losses, early stopping) the sum is exact.
       modality_penalty: ``"jeffreys"``: add, for every cell and pair of its observed
         modalities, the symmetric KL divergence (Jeffreys divergence) between the two
         single-modality posteriors ``q(z | x_m)`` (each expert times the prior, the
@@ -107,6 +113,7 @@ class MultiOmicsVAEConfig(OperatorConfig):
     weight_penalty: float = 5.0
     gradnorm_alpha: float = 1.5
     unimodal_elbo: bool = True
+    subset_sampling: bool = False
     modality_penalty: str = "jeffreys"
 
     def validate(self) -> None:
@@ -356,6 +363,9 @@ class DifferentiableMultiOmicsVAE(Operator):
         else:
             self.weight_logits = nnx.Variable(jnp.zeros((n_mod,)))
         self.rngs = rngs
+        # evaluation mode (``eval()`` sets it): the exact sum over posteriors, see
+        # MultiOmicsVAEConfig.subset_sampling
+        self.deterministic = False
 
     @property
     def input_keys(self) -> tuple[str, ...]:  # type: ignore[override]
@@ -466,7 +476,10 @@ class DifferentiableMultiOmicsVAE(Operator):
           with ``unimodal_elbo``, ``unimodal``: per modality ``(log_likelihood, kl)`` of its
           own posterior; with ``modality_penalty="jeffreys"``, ``modality_penalty``
           `(n_cells,)`: the summed symmetric KL between the single-modality posteriors of
-          each pair of observed modalities.
+          each pair of observed modalities. With ``subset_sampling`` in training mode,
+          ``log_likelihood``, ``kl``, ``z`` and ``reconstructed`` are those of each cell's
+          drawn posterior (joint or one modality's), ``subsets`` the number of posteriors
+          that the loss multiplies them by, and there is no ``unimodal``.
         """
         xs, enc_in, masks, libraries, batch = self._prepare(data)
         means, logvars = zip(*(enc(x, batch) for enc, x in zip(self.encoders, enc_in, strict=True)),
@@ -484,18 +497,34 @@ class DifferentiableMultiOmicsVAE(Operator):
             extra_kl = jnp.sum(jnp.stack([o[2] for o in outs]) * masks, axis=0)
             return z, jnp.stack([o[0] for o in outs]) * masks, [o[1] for o in outs], extra_kl
 
-        z, ll, recon, extra_kl = decode(mean, logvar)
-        out = {"log_likelihood": ll, "kl": gaussian_kl(mean, logvar) + extra_kl, "mask": masks,
-               "mean": mean, "logvar": logvar, "z": z, "reconstructed": recon}  # fmt: skip
         n_mod = len(xs)
         c = self.config
-        if n_mod == 1 or not (c.unimodal_elbo or c.modality_penalty == "jeffreys"):
-            return out
         posteriors = []
-        for m in range(n_mod):
-            only = jnp.zeros_like(masks).at[m].set(masks[m])
-            posteriors.append(product_of_experts(means, logvars, only))
-        if c.unimodal_elbo:
+        if n_mod > 1 and (c.unimodal_elbo or c.modality_penalty == "jeffreys"):
+            for m in range(n_mod):
+                only = jnp.zeros_like(masks).at[m].set(masks[m])
+                posteriors.append(product_of_experts(means, logvars, only))
+        sampled = bool(posteriors) and c.unimodal_elbo and c.subset_sampling
+        if sampled and not self.deterministic:
+            # one posterior per cell: 0 the joint, 1 + m modality m's alone (with the prior)
+            pick = jax.random.randint(draw(), (mean.shape[0],), 0, n_mod + 1)
+            which = jax.nn.one_hot(pick, n_mod + 1, dtype=mean.dtype).T[..., None]
+            mu = jnp.sum(which * jnp.stack([mean, *(p[0] for p in posteriors)]), axis=0)
+            lv = jnp.sum(which * jnp.stack([logvar, *(p[1] for p in posteriors)]), axis=0)
+            # a modality's own posterior has a KL term only where it was observed
+            own = jnp.sum(which[..., 0] * jnp.concatenate([jnp.ones_like(masks[:1]), masks]), 0)
+            z, ll, recon, extra_kl = decode(mu, lv)
+            out = {"log_likelihood": ll, "kl": gaussian_kl(mu, lv) * own + extra_kl,
+                   "mask": masks, "mean": mean, "logvar": logvar, "z": z,
+                   "reconstructed": recon, "subsets": n_mod + 1}  # fmt: skip
+        else:
+            z, ll, recon, extra_kl = decode(mean, logvar)
+            out = {"log_likelihood": ll, "kl": gaussian_kl(mean, logvar) + extra_kl,
+                   "mask": masks, "mean": mean, "logvar": logvar, "z": z,
+                   "reconstructed": recon}  # fmt: skip
+        if not posteriors:
+            return out
+        if c.unimodal_elbo and "subsets" not in out:
             single = []
             for m, (mu_m, lv_m) in enumerate(posteriors):
                 _, ll_m, _, extra_m = decode(mu_m, lv_m)
@@ -525,6 +554,7 @@ class DifferentiableMultiOmicsVAE(Operator):
         w = self.modality_weights()
         beta = c.kl_weight * kl_scale
         elbo = jnp.sum(w[:, None] * terms["log_likelihood"], axis=0) - beta * terms["kl"]
+        elbo = terms.get("subsets", 1) * elbo
         for ll_m, kl_m in terms.get("unimodal", []):
             elbo = elbo + jnp.sum(w[:, None] * ll_m, axis=0) - beta * kl_m
         if "modality_penalty" in terms:
@@ -550,7 +580,7 @@ class DifferentiableMultiOmicsVAE(Operator):
           Scalar mean over cells (nats).
         """
         w = self.modality_weights()
-        ll = jnp.sum(w[:, None] * terms["log_likelihood"], axis=0)
+        ll = terms.get("subsets", 1) * jnp.sum(w[:, None] * terms["log_likelihood"], axis=0)
         for ll_m, _ in terms.get("unimodal", []):
             ll = ll + jnp.sum(w[:, None] * ll_m, axis=0)
         return -jnp.mean(ll)
