@@ -243,6 +243,7 @@ def _run_diffomics(name: str, mods: dict, *, heldout: np.ndarray | None, **setti
         mods = {"rna": mods["rna"], other: mods[other][~heldout].copy()}
     settings = {**DIFFOMICS_SETTINGS, **settings}
     likelihoods = settings.pop("likelihoods", LIKELIHOODS[name])
+    seed = settings.pop("seed", SEED)
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -251,7 +252,7 @@ def _run_diffomics(name: str, mods: dict, *, heldout: np.ndarray | None, **setti
             likelihoods=likelihoods,
             latent_dim=LATENT_DIM,
             batch_size=128,
-            seed=SEED,
+            seed=seed,
             progress=False,
             join="inner" if heldout is None else "outer",
             **settings,

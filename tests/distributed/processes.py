@@ -9,7 +9,9 @@ it saw to ``--out``:
 - ``reads_<rank>.json``: the cells each process read to place one minibatch of 7 cells
   (padded to 8) on the 4-device mesh;
 - ``latent_<rank>.npy`` and ``history_<rank>.npy``: `integrate` on 210 SNARE-seq cells,
-  streamed from backed ``.h5ad`` files in ``--data``, on a mesh over all 4 devices.
+  streamed from backed ``.h5ad`` files in ``--data``, on a mesh over all 4 devices;
+- ``proportions_<rank>.npy`` and ``loss_<rank>.npy``: `deconvolve` (NB, background) of 79
+  seqFISH+ pseudo-spots, split over the same mesh, 100 Adam steps.
 """
 
 import argparse
@@ -21,8 +23,10 @@ import jax
 import numpy as np
 
 from diffomics.core import data_mesh
+from diffomics.datasets import seqfish_cortex
 from diffomics.integration import integrate
 from diffomics.integration._integrate import _place
+from diffomics.spatial import deconvolve, pool_pseudo_spots
 
 
 class Spy:
@@ -64,6 +68,13 @@ def main() -> None:
     columns = ["train_loss", "validation_loss", "validation_reconstruction_loss"]
     np.save(args.out / f"history_{args.rank}.npy", model.history[columns].to_numpy())
     np.save(args.out / f"latent_{args.rank}.npy", model.latent())
+
+    cells, reference = seqfish_cortex()
+    spots = pool_pseudo_spots(cells, "cell_type", spot_size=500.0)
+    result = deconvolve(spots, reference, "cell_type", likelihood="nb", background=True,
+                        max_steps=100, progress=False, mesh=mesh)  # fmt: skip
+    np.save(args.out / f"proportions_{args.rank}.npy", result.proportions.to_numpy())
+    np.save(args.out / f"loss_{args.rank}.npy", result.fit.history)
 
 
 if __name__ == "__main__":

@@ -141,7 +141,7 @@ def test_two_processes_read_only_their_cells_and_train_as_one(tmp_path):
     # jax.distributed on localhost: 2 processes x 2 CPU devices (Gloo collectives), against
     # one process with 4 devices. Each process reads only the cells of its own devices; both
     # end with the same model, which matches the one-process run to 1e-4 (float32 sums over
-    # devices in another order)
+    # devices in another order); so do the deconvolution's proportions
     from diffomics.datasets import snareseq_celllines
 
     data = tmp_path / "data"
@@ -168,7 +168,11 @@ def test_two_processes_read_only_their_cells_and_train_as_one(tmp_path):
     assert read(2, 1) == [1, 5, 5, 7]
     assert read(1, 0) == [0, 1, 2, 4, 5, 5, 7, 9]
     load = lambda n, what, r=0: np.load(runs[n] / f"{what}_{r}.npy")  # noqa: E731
-    for what in ("history", "latent"):
+    for what in ("history", "latent", "proportions", "loss"):
         np.testing.assert_array_equal(load(2, what, 1), load(2, what, 0))
     np.testing.assert_allclose(load(2, "history"), load(1, "history"), rtol=1e-4)
     np.testing.assert_allclose(load(2, "latent"), load(1, "latent"), atol=1e-4)
+    # deconvolution: spots split over the processes, proportions gathered to every process
+    assert load(2, "proportions").shape == (79, 8)
+    np.testing.assert_allclose(load(2, "proportions"), load(1, "proportions"), atol=1e-4)
+    np.testing.assert_allclose(load(2, "loss"), load(1, "loss"), rtol=1e-4)

@@ -29,6 +29,7 @@ from diffomics.core._sharding import replicate as replicate
 from diffomics.core._sharding import row_weights as row_weights
 from diffomics.core._sharding import shard_rows as shard_rows
 from diffomics.core._sharding import shard_rows_from as shard_rows_from
+from diffomics.core._sharding import to_host as to_host
 
 __all__ = [
     "DATA_AXIS",
@@ -59,5 +60,6 @@ __all__ = [
     "safe_eigh",
     "shard_rows",
     "shard_rows_from",
+    "to_host",
     "storey_pi0",
 ]

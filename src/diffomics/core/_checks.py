@@ -18,6 +18,7 @@ from diffomics.core._errors import (
     NonFiniteError,
     ShapeError,
 )
+from diffomics.core._sharding import to_host
 
 __all__ = [
     "check_choice",
@@ -78,7 +79,7 @@ def check_finite(x, name: str) -> None:
     """
     if is_traced(x):
         return
-    arr = np.asarray(x)
+    arr = to_host(x)  # a matrix split over processes is gathered: the index is global
     bad = ~np.isfinite(arr)
     if bad.any():
         n_nan = int(np.isnan(arr).sum())
@@ -107,7 +108,7 @@ def check_counts(x, name: str, *, row_name: str = "row", allow_empty_rows: bool 
     check_finite(x, name)
     if is_traced(x):
         return
-    arr = np.asarray(x)
+    arr = to_host(x)
     if (arr < 0).any():
         idx = tuple(int(i) for i in np.argwhere(arr < 0)[0])
         msg = (

@@ -36,6 +36,7 @@ __all__ = [
     "row_weights",
     "shard_rows",
     "shard_rows_from",
+    "to_host",
 ]
 
 #: Name of the mesh axis that rows (spots, cells) are split over.
@@ -194,6 +195,30 @@ def shard_rows_from(read, shape: tuple[int, ...], mesh: Mesh) -> jax.Array:
         raise ShapeError(msg)
     sharding = NamedSharding(mesh, PartitionSpec(DATA_AXIS))
     return jax.make_array_from_callback(tuple(shape), sharding, lambda index: read(index[0]))
+
+
+def to_host(a) -> np.ndarray:
+    """`a` as a NumPy array on this host, gathered from every process when split over them.
+
+    A row-sharded result on a mesh of several processes is not addressable in any one of
+    them; it is all-gathered (`jax.experimental.multihost_utils.process_allgather`), so
+    every process gets the whole array. Otherwise the same as `numpy.asarray`.
+
+    Args:
+      a: a `jax.Array` (or anything `numpy.asarray` takes).
+
+    Returns:
+      The whole array, in host memory.
+
+    Examples:
+      >>> to_host(shard_rows(np.arange(4.0), data_mesh(jax.devices()[:1]))).tolist()
+      [0.0, 1.0, 2.0, 3.0]
+    """
+    if isinstance(a, jax.Array) and not (a.is_fully_addressable or a.is_fully_replicated):
+        from jax.experimental import multihost_utils  # noqa: PLC0415
+
+        a = multihost_utils.process_allgather(a, tiled=True)
+    return np.asarray(a)
 
 
 def replicate(tree, mesh: Mesh):

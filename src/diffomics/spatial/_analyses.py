@@ -17,7 +17,7 @@ from diffomics.core._checks import check_choice, check_counts
 from diffomics.core._errors import MissingKeyError
 from diffomics.core._fit import FitResult, fit
 from diffomics.core._numerics import default_float
-from diffomics.core._sharding import pad_rows, padded_size, row_weights, shard_rows
+from diffomics.core._sharding import pad_rows, padded_size, row_weights, shard_rows, to_host
 from diffomics.operators._keys import DECONVOLUTION_KEYS as K
 from diffomics.spatial._graph import knn_graph
 from diffomics.spatial._reference import (
@@ -274,7 +274,7 @@ def deconvolve(
         checkpoint=checkpoint,
         **settings,
     )
-    out = {k: v[:n_spots] for k, v in model.outputs(data, spot_weight=weight).items()}
+    out = {k: to_host(v)[:n_spots] for k, v in model.outputs(data, spot_weight=weight).items()}
     types = profiles.index.astype(str)
     proportions = pd.DataFrame(
         np.asarray(out[K.PROPORTIONS], dtype=np.float64), index=spatial.obs_names, columns=types
