@@ -100,14 +100,14 @@ ELBO_MONITOR = "diffomics (early_stopping_monitor='elbo_validation')"
 # totalVI's protein likelihood: a background / foreground NB mixture with its empirical
 # background prior (integrate's default for protein is a plain NB)
 NB_MIXTURE = "diffomics (protein nb_mixture as totalVI)"
-# training decodes each cell once, from one posterior drawn at random (joint or one
-# modality's), instead of from all of them: an unbiased estimate of the same loss
-SUBSET_SAMPLING = "diffomics (subset_sampling=True)"
+# training decodes every cell from every posterior (joint and each modality's), not from
+# one drawn at random (integrate's default, an unbiased estimate of the same loss)
+SUBSET_SAMPLING = "diffomics (subset_sampling=False)"
 DIFFOMICS_SETTINGS = {"max_epochs": 400}
 VARIANTS = {NO_PENALTY: {"modality_penalty": "none"},
             ELBO_MONITOR: {"early_stopping_monitor": "elbo_validation"},
             NB_MIXTURE: {"likelihoods": {"rna": "nb", "protein": "nb_mixture"}},
-            SUBSET_SAMPLING: {"subset_sampling": True}}  # fmt: skip
+            SUBSET_SAMPLING: {"subset_sampling": False}}  # fmt: skip
 METHODS = {
     "eccite_pbmc500": ["diffomics", "totalVI", DIFFBIO, f"diffomics {HOLDOUT}",
                        f"totalVI {HOLDOUT}", NO_PENALTY, NB_MIXTURE, f"{NB_MIXTURE} {HOLDOUT}",

@@ -512,7 +512,7 @@ def integrate(
     modality_weight_mode: str = "equal",
     use_gradnorm: bool = False,
     modality_penalty: str = "jeffreys",
-    subset_sampling: bool = False,
+    subset_sampling: bool = True,
     max_epochs: int = 400,
     batch_size: int = 128,
     learning_rate: float = 1e-3,
@@ -571,7 +571,10 @@ def integrate(
       subset_sampling: in training, decode each cell once, from its joint or one
         modality's posterior drawn at random, an unbiased estimate of the joint plus
         single-modality ELBOs (`MultiOmicsVAEConfig.subset_sampling`); validation losses
-        stay exact.
+        stay exact. False decodes every posterior of every cell: twice the time per epoch
+        on sci-CAR and ECCITE-seq, FOSCTTM lower by 0.01 on ECCITE-seq (0.015 against
+        0.024, mean of 3 seeds) and SNARE-seq (0.111 against 0.118), label accuracy and
+        held-out imputation no better.
       max_epochs: epoch limit.
       batch_size: cells per minibatch.
       learning_rate: Adam step size (> 0).

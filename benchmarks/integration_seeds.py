@@ -1,0 +1,100 @@
+"""Seed-to-seed spread of diffomics' integration metrics, to choose between training settings.
+
+One fit per data set, setting and seed (``integrate(seed=s)``: initialisation, minibatch
+order, validation split and sampling noise), on the data and with the metrics of
+``benchmarks/integration.py`` (its ``prepare``, ``_run_diffomics`` and ``score``), in this
+process, on ``--threads`` pinned CPUs. Settings: the default and each name in
+``--variants`` (keys of ``integration.VARIANTS``); on ECCITE-seq also with half the
+proteins held out (imputation). Reports the mean and standard deviation over seeds of
+FOSCTTM, the label metrics, held-out imputation and the time per epoch.
+
+    python benchmarks/integration_seeds.py --variants "diffomics (subset_sampling=False)"
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _harness import machine, pinned_cpus, thread_env, write_results  # noqa: E402
+
+NAME = "integration_seeds"
+METRICS = ["seconds_per_epoch", "epochs", "foscttm", "knn_accuracy", "silhouette",
+           "hashtag_knn_accuracy", "imputation_r_feature"]  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--datasets", nargs="+", default=None)
+    parser.add_argument("--variants", nargs="*", default=[])
+    args = parser.parse_args()
+    os.environ.update(thread_env(args.threads))  # before JAX starts
+    os.sched_setaffinity(0, pinned_cpus(args.threads))
+    import integration as bench
+
+    datasets = args.datasets or list(bench.DATASETS)
+    settings = ["diffomics", *args.variants]
+    unknown = set(args.variants) - set(bench.VARIANTS)
+    if unknown:
+        raise SystemExit(f"unknown variants {sorted(unknown)}; known: {sorted(bench.VARIANTS)}")
+    runs, began = [], time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in datasets:
+            folder = Path(tmp) / name
+            bench.prepare(name, folder)
+            mods = bench._load(folder, name)
+            heldout = np.load(folder / "heldout.npy")
+            for setting in settings:
+                for held in (False, True) if name == "eccite_pbmc500" else (False,):
+                    method = f"{setting} {bench.HOLDOUT}" if held else setting
+                    for seed in args.seeds:
+                        result = bench._run_diffomics(
+                            name, mods, heldout=heldout if held else None, seed=seed,
+                            **bench.VARIANTS.get(setting, {}),
+                        )  # fmt: skip
+                        out = folder / "run.npz"
+                        np.savez(out, **{k: np.asarray(v) for k, v in result.items()})
+                        record = bench.score(method, name, folder, out)
+                        record.update(dataset=name, method=method, seed=seed)
+                        runs.append(record)
+                        shown = {k: round(record[k], 3) for k in METRICS if k in record}
+                        print(f"[{name}] {method} seed {seed}: {shown}", flush=True)
+    summary = []
+    for name in datasets:
+        for method in dict.fromkeys(r["method"] for r in runs if r["dataset"] == name):
+            rows = [r for r in runs if r["dataset"] == name and r["method"] == method]
+            stats = {k: (float(np.mean([r[k] for r in rows])), float(np.std([r[k] for r in rows])))
+                     for k in METRICS if all(k in r for r in rows)}  # fmt: skip
+            summary.append({"dataset": name, "method": method, "seeds": len(rows), **stats})
+    payload = {"command": "python benchmarks/integration_seeds.py " + " ".join(sys.argv[1:]),
+               "threads": args.threads, "machine": machine(), "runs": runs,
+               "summary": summary, "total_seconds": time.perf_counter() - began}  # fmt: skip
+    lines = [
+        "# Integration: spread over seeds",
+        "",
+        f"Command: `{payload['command']}`; {args.threads} thread(s), pinned; "
+        f"{payload['machine']['date']}; total {payload['total_seconds'] / 60:.1f} min. "
+        "Mean +- standard deviation over the seeds.",
+        "",
+        "| data set | setting | seeds | " + " | ".join(METRICS) + " |",
+        "|---|---|---|" + "---|" * len(METRICS),
+    ]
+    for s in summary:
+        cells = [f"{s[k][0]:.3f} +- {s[k][1]:.3f}" if k in s else "" for k in METRICS]
+        head = f"| {s['dataset']} | {s['method']} | {s['seeds']} | "
+        lines.append(head + " | ".join(cells) + " |")
+    for path in write_results(NAME, payload, "\n".join(lines) + "\n"):
+        print(path)
+
+
+if __name__ == "__main__":
+    main()
