@@ -252,6 +252,28 @@ def test_integrate_command_h5mu(paired, capsys):
     assert "FOSCTTM rna vs atac" in page and "15-NN label accuracy" in page
 
 
+def test_integrate_command_streams_backed_and_zarr_input(paired):
+    # --backed h5ad and a Zarr store: the same latent as in memory (bitwise the same
+    # training); the .h5ad written for a streamed modality has its annotations, not its X
+    paired_zarr = paired / "cells_atac.zarr"
+    ad.read_h5ad(paired / "cells_atac.h5ad").write_zarr(paired_zarr)
+    common = ["--likelihood", "rna=gaussian,atac=gaussian", "--max-epochs", "3"]
+    runs = {}
+    for kind, data in (("memory", [f"atac={paired / 'cells_atac.h5ad'}"]),
+                       ("streamed", [f"atac={paired_zarr}", "--backed"])):  # fmt: skip
+        out = paired / f"o_{kind}"
+        argv = ["integrate", f"rna={paired / 'cells_rna.h5ad'}", *data, *common, "--out", str(out)]
+        assert main(argv) == 0
+        runs[kind] = out
+    latent = {k: pd.read_csv(o / "rna_atac.integrated.latent.tsv", sep="\t", index_col=0)
+              for k, o in runs.items()}  # fmt: skip
+    pd.testing.assert_frame_equal(latent["streamed"], latent["memory"])
+    written = ad.read_h5ad(runs["streamed"] / "rna_atac.integrated.atac.h5ad")
+    assert written.X is None and written.n_vars == 19
+    np.testing.assert_allclose(written.obsm["X_diffomics"], latent["memory"].iloc[:, :10],
+                               atol=1e-4)  # fmt: skip
+
+
 def test_h5ad_modalities_are_named_by_argument_or_stem(paired):
     from diffomics.cli._io import read_modalities
 

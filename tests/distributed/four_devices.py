@@ -220,3 +220,32 @@ def test_hic_analysis_on_four_devices_equals_one_device():
                                   single.boundaries[["start", "window"]])  # fmt: skip
     assert len(single.boundaries) > 50
     np.testing.assert_allclose(sharded.compartments["E1"], single.compartments["E1"], atol=1e-4)
+
+
+def test_hic_regions_spread_over_the_devices_equal_one_device():
+    # 22 mouse chromosomes at 10 Mb (cooler's test map): balanced with the pixels split over
+    # the devices, then analysed at the same time, each chromosome whole on one device
+    # (largest first, to the least loaded); the same tables as without a mesh to float32
+    # rounding of the weights, the same boundaries
+    from pathlib import Path
+
+    from diffomics.hic import analyze
+
+    cool = Path(__file__).parents[1] / "data" / "hic" / "CN.mm9.10000kb.cool"
+    chroms = [f"chr{k}" for k in range(1, 20)] + ["chrX", "chrY", "chrM"]
+    kwargs = {"windows": (30_000_000,), "loops": False, "progress": False}
+    single = analyze(cool, region=chroms, **kwargs)
+    spread = analyze(cool, region=chroms, mesh=data_mesh(), **kwargs)
+    placed = {name: r.report["device"] for name, r in spread.regions.items()}
+    assert len(set(placed.values())) == 4 and list(placed) == chroms
+    assert "device" not in single.regions["chr1"].report
+    np.testing.assert_allclose(spread.weights, single.weights, rtol=1e-5)
+    for table, column, tol in (("expected", "balanced.avg", {"rtol": 1e-5}),
+                               ("compartments", "E1", {"atol": 1e-4}),
+                               ("insulation", "log2_insulation_score_30000000",
+                                {"atol": 2e-4})):  # fmt: skip
+        np.testing.assert_allclose(getattr(spread, table)[column].to_numpy(float),
+                                   getattr(single, table)[column].to_numpy(float),
+                                   **tol)  # fmt: skip
+    pd.testing.assert_frame_equal(spread.boundaries[["chrom", "start"]],
+                                  single.boundaries[["chrom", "start"]])  # fmt: skip

@@ -109,10 +109,14 @@ def _parser() -> argparse.ArgumentParser:
     itg = sub.add_parser(
         "integrate",
         help="joint latent space of paired modalities (product-of-experts VAE)",
-        description="Integrate one .h5mu file, or several .h5ad files given as "
-        "NAME=FILE.h5ad (NAME defaults to the file stem), matched by obs_names.",
+        description="Integrate one .h5mu file, or several .h5ad files or AnnData Zarr "
+        "stores given as NAME=FILE.h5ad (NAME defaults to the file stem), matched by "
+        "obs_names. Zarr stores (and .h5ad files with --backed) are streamed a minibatch at "
+        "a time; the .h5ad written for them holds obs, var and obsm, not X.",
     )
-    itg.add_argument("data", nargs="+", help="DATA.h5mu, or NAME=FILE.h5ad ...")
+    itg.add_argument("data", nargs="+", help="DATA.h5mu, or NAME=FILE.h5ad|FILE.zarr ...")
+    itg.add_argument("--backed", action="store_true",
+                     help="open .h5ad files in backed mode and stream them from disk")  # fmt: skip
     itg.add_argument("--likelihood", default=None,
                      help="NAME=LIKELIHOOD,... (nb, zinb, poisson, bernoulli, gaussian); "
                      "default: rna, protein nb; atac bernoulli; others gaussian")  # fmt: skip

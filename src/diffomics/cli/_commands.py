@@ -340,6 +340,9 @@ def integration_metrics(model, mods: dict, labels) -> pd.DataFrame:
 
 def integration_outputs(model, mods: dict, labels, out: Path, stem: str, *, title: str):
     """Write the latent table, one AnnData per modality, the model and the latent figure."""
+    import anndata as ad
+
+    from diffomics.integration._integrate import _on_disk
     from diffomics.plotting import latent_scatter
 
     z = model.latent()
@@ -347,10 +350,11 @@ def integration_outputs(model, mods: dict, labels, out: Path, stem: str, *, titl
     if labels is not None:
         table["label"] = labels
     written = [_tsv(table, out / f"{stem}.latent.tsv")]
-    written += [
-        atomic(out / f"{stem}.{name}.h5ad", lambda p, a=adata: a.write_h5ad(p))
-        for name, adata in mods.items()
-    ]
+    for name, adata in mods.items():
+        # a streamed modality's X stays in its input file: the copy holds the annotations
+        light = _on_disk(adata)
+        keep = ad.AnnData(obs=adata.obs, var=adata.var, obsm=dict(adata.obsm)) if light else adata
+        written.append(atomic(out / f"{stem}.{name}.h5ad", lambda p, a=keep: a.write_h5ad(p)))
     written.append(atomic_folder(out / f"{stem}.model", model.save))
     paths = save_figure(latent_scatter(z, labels, title=title), out / f"{stem}.latent")
     caption = "First two principal components of the joint latent space" + (
@@ -364,7 +368,7 @@ def run_integrate(args: argparse.Namespace) -> Section:
     from diffomics.integration import integrate
 
     start = time.perf_counter()
-    mods, stem = read_modalities(args.data)
+    mods, stem = read_modalities(args.data, backed=args.backed)
     first = next(iter(mods.values()))
     for key in (args.labels, args.batch_key):
         if key is not None and key not in first.obs:

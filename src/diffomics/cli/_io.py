@@ -83,8 +83,9 @@ def save_figure(fig, stem: Path, formats=("png", "svg")) -> list[Path]:
     return paths
 
 
-def _existing(path: str) -> Path:
-    if not Path(path).is_file():
+def _existing(path: str, *, folder: bool = False) -> Path:
+    """`path` as a Path, or a `UserError` when it is not a file (or, with `folder`, a folder)."""
+    if not (Path(path).is_file() or (folder and Path(path).is_dir())):
         msg = f"{path}: no such file."
         raise UserError(msg)
     return Path(path)
@@ -119,10 +120,28 @@ def _read_h5mu(path: Path) -> dict:
         raise UserError(msg) from err
 
 
-def read_modalities(specs: list[str]) -> tuple[dict, str]:
-    """Modalities from one ``DATA.h5mu`` or several ``[NAME=]FILE.h5ad``; and a file stem.
+def _read_streamed(path: str, *, backed: bool):
+    """A ``.zarr`` store (always) or, when `backed`, an ``.h5ad`` with its X left on disk."""
+    import anndata as ad
 
-    A ``.h5ad`` without ``NAME=`` is named by its file stem (``rna.h5ad`` -> ``rna``).
+    from diffomics.integration import open_zarr
+
+    _existing(path, folder=True)  # a Zarr store is a folder
+    try:
+        return open_zarr(path) if path.rstrip("/").endswith(".zarr") else ad.read_h5ad(
+            path, backed="r"
+        )
+    except (OSError, ValueError) as err:
+        msg = f"{path}: not a readable AnnData store ({err})."
+        raise UserError(msg) from err
+
+
+def read_modalities(specs: list[str], *, backed: bool = False) -> tuple[dict, str]:
+    """Modalities from one ``DATA.h5mu`` or several ``[NAME=]FILE.h5ad|.zarr``; a file stem.
+
+    A file without ``NAME=`` is named by its stem (``rna.h5ad`` -> ``rna``). A ``.zarr``
+    store is opened with its X on disk (`diffomics.integration.open_zarr`); so is an
+    ``.h5ad`` when `backed` (``backed="r"``): `integrate` then streams them.
     """
     if len(specs) == 1 and specs[0].endswith(".h5mu"):
         path = _existing(specs[0])
@@ -133,11 +152,12 @@ def read_modalities(specs: list[str]) -> tuple[dict, str]:
         if path.endswith(".h5mu"):
             msg = f"{spec}: give one .h5mu file alone, or several .h5ad files."
             raise UserError(msg)
-        name = name or Path(path).stem
+        name = name or Path(path.rstrip("/")).stem
         if name in mods:
             msg = f"modality {name!r} is given twice; name them as NAME=FILE.h5ad."
             raise UserError(msg)
-        mods[name] = read_h5ad(path)
+        streamed = backed or path.rstrip("/").endswith(".zarr")
+        mods[name] = _read_streamed(path, backed=backed) if streamed else read_h5ad(path)
     if len(mods) < 2:
         msg = f"integrate needs two or more modalities; found {len(mods)} ({specs})."
         raise UserError(msg)
