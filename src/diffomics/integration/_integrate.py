@@ -565,9 +565,9 @@ def integrate(
       modality_penalty: ``"jeffreys"`` (the symmetric KL between the single-modality
         posteriors of each cell, MultiVI's alignment penalty) or ``"none"``; see
         `MultiOmicsVAEConfig`. With the other defaults it lowered FOSCTTM on SNARE-seq
-        (0.14 to 0.11) and ECCITE-seq (0.03 to 0.016) and raised the label silhouette on
-        SNARE-seq and sci-CAR, at a FOSCTTM on sci-CAR within its seed-to-seed spread
-        (``benchmarks/integration.py``).
+        (0.139 to 0.120) and ECCITE-seq (0.037 to 0.024) and raised the label silhouette on
+        SNARE-seq (0.73 to 0.81) and sci-CAR (0.55 to 0.57), at a FOSCTTM on sci-CAR of
+        0.044 against 0.036 without it (``benchmarks/integration.py``, 2026-12-04).
       subset_sampling: in training, decode each cell once, from its joint or one
         modality's posterior drawn at random, an unbiased estimate of the joint plus
         single-modality ELBOs (`MultiOmicsVAEConfig.subset_sampling`); validation losses
