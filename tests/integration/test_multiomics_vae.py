@@ -245,6 +245,11 @@ def test_subset_sampling_is_an_unbiased_estimate_of_the_summed_elbos():
     assert abs(draws["sampled"].mean() - draws["exact"].mean()) < 4 * se
     assert draws["sampled"].std() > 1.3 * draws["exact"].std()  # it is the noisier estimate
     assert "subsets" in sampled.terms(data) and "unimodal" not in sampled.terms(data)
+    # the operator's outputs (reconstructions, elbo_loss) stay the exact, joint-posterior ones
+    twins = [_vae(seed=4, subset_sampling=flag, **kwargs) for flag in (True, False)]
+    a, b = (m.outputs(data) for m in twins)
+    np.testing.assert_array_equal(a["atac_reconstructed"], b["atac_reconstructed"])
+    assert float(a["elbo_loss"]) == float(b["elbo_loss"])
     grads = nnx.grad(lambda m: m.loss(data))(sampled)
     for part in ("encoders", "decoders"):
         for k in range(2):

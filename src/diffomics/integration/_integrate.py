@@ -766,7 +766,7 @@ def integrate(
                 nnx.update((module, optimizer), state)
                 module.train()
                 if initial is None:
-                    t = module.terms(batch_data)
+                    t = module.terms(batch_data, exact=True)
                     initial = -(t["log_likelihood"].sum(1) / t["mask"].sum(1).clip(1))
                 gradnorm(module, batch_data, initial)
                 state = nnx.state((module, optimizer))

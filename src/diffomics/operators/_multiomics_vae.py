@@ -469,8 +469,14 @@ class DifferentiableMultiOmicsVAE(Operator):
                              strict=True)  # fmt: skip
         return product_of_experts(jnp.stack(means), jnp.stack(logvars), masks * use[:, None])
 
-    def terms(self, data: Mapping[str, Any]):
+    def terms(self, data: Mapping[str, Any], *, exact: bool = False):
         """Per-cell log-likelihood of each modality, KL, the masks and the sampled latent.
+
+        Args:
+          data: the inputs (see the class docstring).
+          exact: decode every posterior even in training mode with ``subset_sampling``
+            (`outputs` and `gradnorm_step` do: their reconstructions and latent sample are
+            the joint posterior's).
 
         Returns:
           dict with ``log_likelihood`` `(n_modalities, n_cells)` (0 where masked), ``kl``
@@ -508,7 +514,7 @@ class DifferentiableMultiOmicsVAE(Operator):
                 only = jnp.zeros_like(masks).at[m].set(masks[m])
                 posteriors.append(product_of_experts(means, logvars, only))
         sampled = bool(posteriors) and c.unimodal_elbo and c.subset_sampling
-        if sampled and not self.deterministic:
+        if sampled and not (self.deterministic or exact):
             # one posterior per cell: 0 the joint, 1 + m modality m's alone (with the prior)
             pick = jax.random.randint(draw(), (mean.shape[0],), 0, n_mod + 1)
             which = jax.nn.one_hot(pick, n_mod + 1, dtype=mean.dtype).T[..., None]
@@ -591,7 +597,7 @@ class DifferentiableMultiOmicsVAE(Operator):
     def outputs(self, data: Mapping[str, Any]) -> dict[str, Any]:
         """Compute the outputs (see the class docstring)."""
         self._check(data)
-        t = self.terms(data)
+        t = self.terms(data, exact=True)
         out = {
             "joint_latent": t["mean"],
             "joint_latent_logvar": t["logvar"],
@@ -632,7 +638,7 @@ def gradnorm_step(model: DifferentiableMultiOmicsVAE, data, initial_losses: Arra
     """
     c = model.config
     xs, _, masks, libraries, batch = model._prepare(data)
-    t = model.terms(data)
+    t = model.terms(data, exact=True)
     z = jax.lax.stop_gradient(t["z"])
     w = model.modality_weights()
 
