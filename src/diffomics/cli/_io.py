@@ -91,13 +91,13 @@ def _existing(path: str, *, folder: bool = False) -> Path:
     return Path(path)
 
 
-def read_h5ad(path: str):
-    """An AnnData from `path`, or a one-line `UserError`."""
+def read_h5ad(path: str, *, backed: bool = False):
+    """An AnnData from `path` (with `backed`, its X left on disk), or a one-line `UserError`."""
     import anndata as ad
 
     _existing(path)
     try:
-        return ad.read_h5ad(path)
+        return ad.read_h5ad(path, backed="r" if backed else None)
     except OSError as err:
         msg = f"{path}: not a readable .h5ad file ({err})."
         raise UserError(msg) from err
@@ -120,19 +120,15 @@ def _read_h5mu(path: Path) -> dict:
         raise UserError(msg) from err
 
 
-def _read_streamed(path: str, *, backed: bool):
-    """A ``.zarr`` store (always) or, when `backed`, an ``.h5ad`` with its X left on disk."""
-    import anndata as ad
-
+def _read_zarr(path: str):
+    """An AnnData Zarr store with its X left on disk (`open_zarr`), or a `UserError`."""
     from diffomics.integration import open_zarr
 
     _existing(path, folder=True)  # a Zarr store is a folder
     try:
-        return open_zarr(path) if path.rstrip("/").endswith(".zarr") else ad.read_h5ad(
-            path, backed="r"
-        )
+        return open_zarr(path)
     except (OSError, ValueError) as err:
-        msg = f"{path}: not a readable AnnData store ({err})."
+        msg = f"{path}: not a readable AnnData Zarr store ({err})."
         raise UserError(msg) from err
 
 
@@ -152,12 +148,12 @@ def read_modalities(specs: list[str], *, backed: bool = False) -> tuple[dict, st
         if path.endswith(".h5mu"):
             msg = f"{spec}: give one .h5mu file alone, or several .h5ad files."
             raise UserError(msg)
-        name = name or Path(path.rstrip("/")).stem
+        path = path.rstrip("/")
+        name = name or Path(path).stem
         if name in mods:
             msg = f"modality {name!r} is given twice; name them as NAME=FILE.h5ad."
             raise UserError(msg)
-        streamed = backed or path.rstrip("/").endswith(".zarr")
-        mods[name] = _read_streamed(path, backed=backed) if streamed else read_h5ad(path)
+        mods[name] = _read_zarr(path) if path.endswith(".zarr") else read_h5ad(path, backed=backed)
     if len(mods) < 2:
         msg = f"integrate needs two or more modalities; found {len(mods)} ({specs})."
         raise UserError(msg)

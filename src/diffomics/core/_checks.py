@@ -105,10 +105,10 @@ def check_counts(x, name: str, *, row_name: str = "row", allow_empty_rows: bool 
       NonFiniteError: NaN or inf present.
       CountsError: a negative value, or an all-zero row.
     """
-    check_finite(x, name)
     if is_traced(x):
         return
-    arr = to_host(x)
+    arr = to_host(x)  # once: a matrix split over processes is gathered for both checks
+    check_finite(arr, name)
     if (arr < 0).any():
         idx = tuple(int(i) for i in np.argwhere(arr < 0)[0])
         msg = (

@@ -62,8 +62,8 @@ def digamma_difference(a: Array, b: Array) -> Array:
     quartic = r2 * r2 + r2 * q2 + q2 * q2
     series = 0.5 + (r + q) * (1.0 / 12.0 - (r2 + q2) / 120.0 + quartic / 252.0)
     asymptotic = -jnp.log1p(b * r) - b * r * q * series
-    small = a < 8.0
-    plain = digamma(jnp.where(small, a, 1.0)) - digamma(jnp.where(small, a, 1.0) + b)
+    a_small = jnp.where(large, 1.0, a)  # the unused branch stays finite
+    plain = digamma(a_small) - digamma(a_small + b)
     return jnp.where(large, asymptotic, plain)
 
 

@@ -398,11 +398,12 @@ def analyze(
     show = sys.stderr.isatty() if progress is None else progress
     bar = tqdm(total=len(maps), desc="hic", unit="region", disable=not show)
 
-    def one(k: int) -> HiCResult:
+    def one(k: int, mesh=mesh) -> HiCResult:
         sub = weights[bounds[k] : bounds[k + 1]]
         info = {"source": maps[k].source, "resolution": res,
                 "n_masked_bins": int(np.isnan(sub).sum())}  # fmt: skip
-        out = _analyze_map(maps[k], sub, info, tracks[k], progress=False, **options)
+        out = _analyze_map(maps[k], sub, info, tracks[k], progress=False,
+                           **{**options, "mesh": mesh})  # fmt: skip
         bar.update()
         return out
 
@@ -410,9 +411,9 @@ def analyze(
         if mesh is None or mesh.is_multi_process or mesh.devices.size == 1:
             results = {name: one(k) for k, name in enumerate(names)}
         else:  # the chromosomes spread over the devices, each analysed whole on one
-            options["mesh"] = None
-            results = dict(zip(names, _over_devices(one, maps, list(mesh.devices.flat)),
-                               strict=True))  # fmt: skip
+            spread = _over_devices(functools.partial(one, mesh=None), maps,
+                                   list(mesh.devices.flat))  # fmt: skip
+            results = dict(zip(names, spread, strict=True))
     return _merge(genome, weights, report, results)
 
 

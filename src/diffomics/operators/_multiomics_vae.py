@@ -513,8 +513,10 @@ class DifferentiableMultiOmicsVAE(Operator):
             for m in range(n_mod):
                 only = jnp.zeros_like(masks).at[m].set(masks[m])
                 posteriors.append(product_of_experts(means, logvars, only))
-        sampled = bool(posteriors) and c.unimodal_elbo and c.subset_sampling
-        if sampled and not (self.deterministic or exact):
+        sample = (bool(posteriors) and c.unimodal_elbo and c.subset_sampling
+                  and not (self.deterministic or exact))  # fmt: skip
+        mu, lv, own = mean, logvar, 1.0  # the joint posterior, whose KL term every cell has
+        if sample:
             # one posterior per cell: 0 the joint, 1 + m modality m's alone (with the prior)
             pick = jax.random.randint(draw(), (mean.shape[0],), 0, n_mod + 1)
             which = jax.nn.one_hot(pick, n_mod + 1, dtype=mean.dtype).T[..., None]
@@ -522,18 +524,14 @@ class DifferentiableMultiOmicsVAE(Operator):
             lv = jnp.sum(which * jnp.stack([logvar, *(p[1] for p in posteriors)]), axis=0)
             # a modality's own posterior has a KL term only where it was observed
             own = jnp.sum(which[..., 0] * jnp.concatenate([jnp.ones_like(masks[:1]), masks]), 0)
-            z, ll, recon, extra_kl = decode(mu, lv)
-            out = {"log_likelihood": ll, "kl": gaussian_kl(mu, lv) * own + extra_kl,
-                   "mask": masks, "mean": mean, "logvar": logvar, "z": z,
-                   "reconstructed": recon, "subsets": n_mod + 1}  # fmt: skip
-        else:
-            z, ll, recon, extra_kl = decode(mean, logvar)
-            out = {"log_likelihood": ll, "kl": gaussian_kl(mean, logvar) + extra_kl,
-                   "mask": masks, "mean": mean, "logvar": logvar, "z": z,
-                   "reconstructed": recon}  # fmt: skip
+        z, ll, recon, extra_kl = decode(mu, lv)
+        out = {"log_likelihood": ll, "kl": gaussian_kl(mu, lv) * own + extra_kl, "mask": masks,
+               "mean": mean, "logvar": logvar, "z": z, "reconstructed": recon}  # fmt: skip
+        if sample:
+            out["subsets"] = n_mod + 1
         if not posteriors:
             return out
-        if c.unimodal_elbo and "subsets" not in out:
+        if c.unimodal_elbo and not sample:
             single = []
             for m, (mu_m, lv_m) in enumerate(posteriors):
                 _, ll_m, _, extra_m = decode(mu_m, lv_m)
