@@ -284,6 +284,27 @@ def _run_diffomics(name: str, mods: dict, *, heldout: np.ndarray | None, **setti
     return out
 
 
+def run_scvi(method: str, mods: dict, *, heldout, seed: int, threads: int) -> dict:
+    """Fit totalVI (RNA + protein) or MultiVI (RNA + ATAC) of scvi-tools; outputs as ours."""
+    sys.path.insert(0, str(Path(__file__).parent / "peers"))
+    from scvi_integration import fit_multivi, fit_totalvi
+
+    if method.startswith("totalVI"):
+        fit = fit_totalvi(mods["rna"], mods["protein"], seed=seed, threads=threads,
+                          n_latent=LATENT_DIM, heldout=heldout)  # fmt: skip
+        result = {"latent_joint": fit["latent_joint"], "imputed": fit["protein_predicted"]}
+    else:
+        fit = fit_multivi(mods["rna"], mods["atac"], seed=seed, threads=threads,
+                          n_latent=LATENT_DIM)  # fmt: skip
+        result = {"latent_joint": fit["latent_joint"], "latent_a": fit["latent_rna"],
+                  "latent_b": fit["latent_atac"]}  # fmt: skip
+    result.update(_timings(fit["epoch_seconds"]))
+    result["fit_seconds"] = fit["fit_seconds"]
+    result["setup_seconds"] = fit["setup_seconds"]
+    result["notes"] = fit["notes"]
+    return result
+
+
 def run_method(method: str, name: str, folder: Path, out: Path, args) -> None:
     """Run one method in this (child) process and save its outputs and timings to `out`."""
     warnings.simplefilter("ignore")
@@ -307,22 +328,7 @@ def run_method(method: str, name: str, folder: Path, out: Path, args) -> None:
             "notes": f"first {LATENT_DIM} principal components of the z-scored RNA, no ATAC",
         }
     elif method.startswith(("totalVI", "MultiVI")):
-        sys.path.insert(0, str(Path(__file__).parent / "peers"))
-        from scvi_integration import fit_multivi, fit_totalvi
-
-        if method.startswith("totalVI"):
-            fit = fit_totalvi(mods["rna"], mods["protein"], seed=SEED, threads=args.threads,
-                              n_latent=LATENT_DIM, heldout=heldout)  # fmt: skip
-            result = {"latent_joint": fit["latent_joint"], "imputed": fit["protein_predicted"]}
-        else:
-            fit = fit_multivi(mods["rna"], mods["atac"], seed=SEED, threads=args.threads,
-                              n_latent=LATENT_DIM)  # fmt: skip
-            result = {"latent_joint": fit["latent_joint"], "latent_a": fit["latent_rna"],
-                      "latent_b": fit["latent_atac"]}  # fmt: skip
-        result.update(_timings(fit["epoch_seconds"]))
-        result["fit_seconds"] = fit["fit_seconds"]
-        result["setup_seconds"] = fit["setup_seconds"]
-        result["notes"] = fit["notes"]
+        result = run_scvi(method, mods, heldout=heldout, seed=SEED, threads=args.threads)
     else:
         raise SystemExit(f"unknown method {method!r}")
     np.savez(out, **{k: np.asarray(v) for k, v in result.items()})

@@ -7,13 +7,19 @@ process, on ``--threads`` pinned CPUs. Settings: the default and each name in
 ``--variants`` (keys of ``integration.VARIANTS``); on ECCITE-seq also with half the
 proteins held out (imputation). Reports the mean and standard deviation over seeds of
 FOSCTTM, the label metrics, held-out imputation and the time per epoch.
+``--peers totalVI MultiVI`` fits scvi-tools' models too, seed by seed, in the same process
+(run it with ``.venv-bench/bin/python``); ``--update`` keeps the rows of the last run that
+this one does not redo.
 
     python benchmarks/integration_seeds.py --variants "diffomics (subset_sampling=False)"
+    .venv-bench/bin/python benchmarks/integration_seeds.py --datasets eccite_pbmc500 \
+        --peers totalVI --no-default --update
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -23,7 +29,13 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _harness import machine, pinned_cpus, thread_env, write_results  # noqa: E402
+from _harness import (  # noqa: E402
+    RESULTS_DIR,
+    machine,
+    pinned_cpus,
+    thread_env,
+    write_results,
+)
 
 NAME = "integration_seeds"
 METRICS = ["seconds_per_epoch", "epochs", "foscttm", "knn_accuracy", "silhouette",
@@ -36,13 +48,18 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--datasets", nargs="+", default=None)
     parser.add_argument("--variants", nargs="*", default=[])
+    parser.add_argument("--peers", nargs="*", default=[], choices=["totalVI", "MultiVI"])
+    parser.add_argument("--no-default", action="store_true",
+                        help="skip diffomics' default setting (to add peers or variants only)")
+    parser.add_argument("--update", action="store_true",
+                        help="keep the last run's rows of the data sets and settings not rerun")
     args = parser.parse_args()
     os.environ.update(thread_env(args.threads))  # before JAX starts
     os.sched_setaffinity(0, pinned_cpus(args.threads))
     import integration as bench
 
     datasets = args.datasets or list(bench.DATASETS)
-    settings = ["diffomics", *args.variants]
+    settings = ([] if args.no_default else ["diffomics"]) + args.variants
     unknown = set(args.variants) - set(bench.VARIANTS)
     if unknown:
         raise SystemExit(f"unknown variants {sorted(unknown)}; known: {sorted(bench.VARIANTS)}")
@@ -53,14 +70,20 @@ def main() -> None:
             bench.prepare(name, folder)
             mods = bench._load(folder, name)
             heldout = np.load(folder / "heldout.npy")
-            for setting in settings:
+            applicable = [p for p in args.peers if p in bench.METHODS[name]]
+            for setting in settings + applicable:
                 for held in (False, True) if name == "eccite_pbmc500" else (False,):
                     method = f"{setting} {bench.HOLDOUT}" if held else setting
                     for seed in args.seeds:
-                        result = bench._run_diffomics(
-                            name, mods, heldout=heldout if held else None, seed=seed,
-                            **bench.VARIANTS.get(setting, {}),
-                        )  # fmt: skip
+                        if setting in applicable:
+                            result = bench.run_scvi(setting, mods, seed=seed,
+                                                    heldout=heldout if held else None,
+                                                    threads=args.threads)  # fmt: skip
+                        else:
+                            result = bench._run_diffomics(
+                                name, mods, heldout=heldout if held else None, seed=seed,
+                                **bench.VARIANTS.get(setting, {}),
+                            )  # fmt: skip
                         out = folder / "run.npz"
                         np.savez(out, **{k: np.asarray(v) for k, v in result.items()})
                         record = bench.score(method, name, folder, out)
@@ -68,6 +91,16 @@ def main() -> None:
                         runs.append(record)
                         shown = {k: round(record[k], 3) for k in METRICS if k in record}
                         print(f"[{name}] {method} seed {seed}: {shown}", flush=True)
+    previous = RESULTS_DIR / f"{NAME}.json"
+    earlier = None
+    if args.update and previous.exists():
+        last = json.loads(previous.read_text())
+        redone = {(r["dataset"], r["method"]) for r in runs}
+        kept = [r for r in last["runs"] if (r["dataset"], r["method"]) not in redone]
+        runs = kept + runs
+        datasets = list(dict.fromkeys([*(r["dataset"] for r in kept), *datasets]))
+        earlier = last.get("earlier") or {k: last.get(k) for k in ("command", "note")}
+        earlier.setdefault("date", last["machine"]["date"])
     summary = []
     for name in datasets:
         for method in dict.fromkeys(r["method"] for r in runs if r["dataset"] == name):
@@ -77,13 +110,16 @@ def main() -> None:
             summary.append({"dataset": name, "method": method, "seeds": len(rows), **stats})
     payload = {"command": "python benchmarks/integration_seeds.py " + " ".join(sys.argv[1:]),
                "threads": args.threads, "machine": machine(), "runs": runs,
-               "summary": summary, "total_seconds": time.perf_counter() - began}  # fmt: skip
+               "summary": summary, "total_seconds": time.perf_counter() - began,
+               "earlier": earlier}  # fmt: skip
     lines = [
         "# Integration: spread over seeds",
         "",
         f"Command: `{payload['command']}`; {args.threads} thread(s), pinned; "
         f"{payload['machine']['date']}; total {payload['total_seconds'] / 60:.1f} min. "
-        "Mean +- standard deviation over the seeds.",
+        "Mean +- standard deviation over the seeds."
+        + ("" if earlier is None else f" The rows not rerun are from `{earlier['command']}` "
+           f"({earlier['date']}). {earlier.get('note') or ''}"),
         "",
         "| data set | setting | seeds | " + " | ".join(METRICS) + " |",
         "|---|---|---|" + "---|" * len(METRICS),

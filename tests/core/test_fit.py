@@ -93,3 +93,18 @@ def test_killed_fit_resumes_from_its_checkpoint_to_the_same_numbers(tmp_path):
     np.testing.assert_array_equal(resumed.xy[...], through.xy[...])
     with pytest.raises(ConfigError, match="different model"):
         fit(Point([1.0, 2.0, 3.0]), rosenbrock, checkpoint=path)
+
+
+def test_fits_of_one_model_and_loss_share_one_compiled_program():
+    from diffomics.core._fit import _run_chunk
+
+    def loss(m, c):
+        return jnp.sum((m.xy[...] - c) ** 2)
+
+    fit(Point([1.0, 1.0]), loss, (jnp.zeros(2),), max_steps=100)
+    compiled = _run_chunk._cache_size()
+    # new parameters, new data, another fit: the same shapes reuse the program
+    fit(Point([5.0, -3.0]), loss, (jnp.ones(2),), max_steps=100)
+    assert _run_chunk._cache_size() == compiled
+    fit(Point([1.0, 1.0, 1.0]), loss, (jnp.zeros(3),), max_steps=100)  # another shape
+    assert _run_chunk._cache_size() == compiled + 1

@@ -4,9 +4,10 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.sparse
 from scipy.optimize import nnls
 
-from diffomics import CountsError, GeneMatchError, MissingKeyError, NonFiniteError
+from diffomics import ConfigError, CountsError, GeneMatchError, MissingKeyError, NonFiniteError
 from diffomics.spatial import deconvolve, proportion_metrics, reference_profiles
 
 from .simulate import simulate
@@ -189,3 +190,80 @@ def test_dispersion_from_reference_is_held_fixed_unless_fitted():
     assert moved.max() > 0.05
     with pytest.raises(ValueError, match="dispersion"):
         deconvolve(spatial, reference, "cell_type", dispersion="guess")
+
+
+def test_chunks_take_the_same_steps_as_one_fit_of_all_spots():
+    spatial, reference = simulate(n_spots=200, n_genes=60, seed=3)
+    steps = {"max_steps": 300, "tol": 0.0, "progress": False}
+    whole = deconvolve(spatial.copy(), reference, "cell_type", **steps)
+    chunked = deconvolve(spatial.copy(), reference, "cell_type", chunk_size=64, **steps)
+    # 4 chunks, the last of 8 spots padded to 64: Adam moves each spot's logits by its own
+    # gradient, so only the loss's normalisation (per chunk, not per 200) and float32
+    # rounding differ (measured 2e-7)
+    assert chunked.params["n_chunks"] == 4 and chunked.fit.n_steps == 4 * 300
+    np.testing.assert_allclose(chunked.proportions, whole.proportions, atol=1e-5)
+    np.testing.assert_allclose(chunked.spot_scale, whole.spot_scale, rtol=1e-4)
+    # with early stopping each chunk stops on its own loss: the same answer within tol
+    stopped = deconvolve(spatial.copy(), reference, "cell_type", chunk_size=64, progress=False)
+    truth = spatial.obsm["proportions_true"]
+    assert proportion_metrics(truth, stopped.proportions)["rmse"] < 0.03
+
+
+def test_spots_on_disk_are_fitted_chunk_by_chunk_as_in_memory(tmp_path):
+    from diffomics.integration import open_zarr
+
+    spatial, reference = simulate(n_spots=90, n_genes=40, seed=4)
+    spatial.X = scipy.sparse.csr_matrix(spatial.X)
+    spatial.write_h5ad(tmp_path / "spots.h5ad")
+    spatial.write_zarr(tmp_path / "spots.zarr")
+    steps = {"max_steps": 100, "progress": False, "chunk_size": 32}
+    memory = deconvolve(spatial.copy(), reference, "cell_type", **steps)
+    backed = ad.read_h5ad(tmp_path / "spots.h5ad", backed="r")
+    on_file = deconvolve(backed, reference, "cell_type", **steps)
+    np.testing.assert_array_equal(on_file.proportions, memory.proportions)
+    zarr = deconvolve(open_zarr(tmp_path / "spots.zarr"), reference, "cell_type", **steps)
+    np.testing.assert_array_equal(zarr.proportions, memory.proportions)
+    # read from a file, spots go in chunks unless asked otherwise (or the settings couple them)
+    assert on_file.params["n_chunks"] == 3
+    default = deconvolve(backed, reference, "cell_type", max_steps=50, progress=False)
+    assert default.params["n_chunks"] == 1  # 90 spots: one chunk of at most 50,000
+    coupled = deconvolve(backed, reference, "cell_type", max_steps=50, progress=False,
+                         background=True)  # fmt: skip
+    assert coupled.params["n_chunks"] == 1
+
+
+def test_chunked_fit_resumes_chunk_by_chunk(tmp_path):
+    spatial, reference = simulate(n_spots=100, n_genes=40, seed=5)
+    steps = {"max_steps": 150, "tol": 0.0, "progress": False, "chunk_size": 40}
+    first = deconvolve(spatial.copy(), reference, "cell_type", checkpoint=tmp_path / "f.npz",
+                       **steps)  # fmt: skip
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"f.chunk{i}.npz" for i in range(3)]
+    (tmp_path / "f.chunk2.npz").unlink()  # as if killed during the last chunk
+    again = deconvolve(spatial.copy(), reference, "cell_type", checkpoint=tmp_path / "f.npz",
+                       **steps)  # fmt: skip
+    np.testing.assert_array_equal(again.proportions, first.proportions)
+    np.testing.assert_array_equal(again.fit.history, first.fit.history)
+
+
+def test_chunks_refuse_coupled_settings_and_report_global_indices(planted):
+    spatial, reference = planted
+    for kwargs, named in [
+        ({"spatial_prior": 1.0}, "spatial_prior"),
+        ({"background": True}, "background"),
+        ({"dispersion": "fit"}, "dispersion"),
+        ({"mode": "amortized"}, "amortized"),
+        ({"likelihood": "gaussian"}, "gaussian"),
+    ]:
+        with pytest.raises(ConfigError, match=f"chunk_size=50.*{named}"):
+            deconvolve(spatial, reference, "cell_type", chunk_size=50, **kwargs)
+    for bad_size in (0, 2.5, True):
+        with pytest.raises(ConfigError, match="chunk_size"):
+            deconvolve(spatial, reference, "cell_type", chunk_size=bad_size)
+    bad = spatial.copy()
+    bad.X[150, 3] = -1.0
+    with pytest.raises(CountsError, match=r"index \(150, 3\)"):
+        deconvolve(bad, reference, "cell_type", chunk_size=50)
+    bad = spatial.copy()
+    bad.X[130] = 0.0
+    with pytest.raises(CountsError, match=r"zero total \(e\.g\. index \[130\]\)"):
+        deconvolve(bad, reference, "cell_type", chunk_size=50)

@@ -342,7 +342,7 @@ def integration_outputs(model, mods: dict, labels, out: Path, stem: str, *, titl
     """Write the latent table, one AnnData per modality, the model and the latent figure."""
     import anndata as ad
 
-    from diffomics.integration._integrate import _on_disk
+    from diffomics.core._sharding import on_disk
     from diffomics.plotting import latent_scatter
 
     z = model.latent()
@@ -352,7 +352,7 @@ def integration_outputs(model, mods: dict, labels, out: Path, stem: str, *, titl
     written = [_tsv(table, out / f"{stem}.latent.tsv")]
     for name, adata in mods.items():
         # a streamed modality's X stays in its input file: the copy holds the annotations
-        light = _on_disk(adata)
+        light = on_disk(adata)
         keep = ad.AnnData(obs=adata.obs, var=adata.var, obsm=dict(adata.obsm)) if light else adata
         written.append(atomic(out / f"{stem}.{name}.h5ad", lambda p, a=keep: a.write_h5ad(p)))
     written.append(atomic_folder(out / f"{stem}.model", model.save))

@@ -70,12 +70,14 @@ def check_matrix(x, name: str, *, ndim: int = 2, shape: Sequence[int | None] | N
         raise ShapeError(msg)
 
 
-def check_finite(x, name: str) -> None:
+def check_finite(x, name: str, *, row_offset: int = 0) -> None:
     """Raise `NonFiniteError` if `x` holds NaN or inf (skipped for tracers).
 
     Args:
       x: array-like.
       name: the argument name used in the message.
+      row_offset: added to the first index in the message, when `x` is a block of rows
+        starting there.
     """
     if is_traced(x):
         return
@@ -83,7 +85,7 @@ def check_finite(x, name: str) -> None:
     bad = ~np.isfinite(arr)
     if bad.any():
         n_nan = int(np.isnan(arr).sum())
-        where = tuple(int(i) for i in np.argwhere(bad)[0])
+        where = _shifted(np.argwhere(bad)[0], row_offset)
         msg = (
             f"{name} holds {int(bad.sum())} non-finite value(s) ({n_nan} NaN, "
             f"{int(bad.sum()) - n_nan} inf) at e.g. index {where}. "
@@ -92,7 +94,18 @@ def check_finite(x, name: str) -> None:
         raise NonFiniteError(msg)
 
 
-def check_counts(x, name: str, *, row_name: str = "row", allow_empty_rows: bool = False) -> None:
+def _shifted(index, row_offset: int) -> tuple[int, ...]:
+    return tuple(int(i) + (row_offset if axis == 0 else 0) for axis, i in enumerate(index))
+
+
+def check_counts(
+    x,
+    name: str,
+    *,
+    row_name: str = "row",
+    allow_empty_rows: bool = False,
+    row_offset: int = 0,
+) -> None:
     """Raise unless `x` is a finite, non-negative matrix whose rows are not all zero.
 
     Args:
@@ -100,6 +113,8 @@ def check_counts(x, name: str, *, row_name: str = "row", allow_empty_rows: bool 
       name: the argument name used in the message.
       row_name: what a row is (``"spot"``, ``"cell type"``), for the message.
       allow_empty_rows: accept rows that sum to zero.
+      row_offset: added to the row indices in the messages, when `x` is a block of rows
+        starting there (a chunk read from a file).
 
     Raises:
       NonFiniteError: NaN or inf present.
@@ -108,12 +123,12 @@ def check_counts(x, name: str, *, row_name: str = "row", allow_empty_rows: bool 
     if is_traced(x):
         return
     arr = to_host(x)  # once: a matrix split over processes is gathered for both checks
-    check_finite(arr, name)
+    check_finite(arr, name, row_offset=row_offset)
     if (arr < 0).any():
-        idx = tuple(int(i) for i in np.argwhere(arr < 0)[0])
+        first = np.argwhere(arr < 0)[0]
         msg = (
             f"{name} must be non-negative; found {int((arr < 0).sum())} negative value(s), "
-            f"e.g. {arr[idx]!r} at index {idx}."
+            f"e.g. {arr[tuple(first)]!r} at index {_shifted(first, row_offset)}."
         )
         raise CountsError(msg)
     if not allow_empty_rows:
@@ -121,7 +136,8 @@ def check_counts(x, name: str, *, row_name: str = "row", allow_empty_rows: bool 
         if empty.size:
             msg = (
                 f"{name} has {empty.size} {row_name}(s) with zero total (e.g. index "
-                f"{empty[:5].tolist()}); remove them first, they carry no information."
+                f"{(empty[:5] + row_offset).tolist()}); remove them first, they carry no "
+                "information."
             )
             raise CountsError(msg)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import sys
 import time
@@ -33,6 +34,44 @@ def _on_mesh(a, mesh: Mesh):
     if getattr(sharding, "mesh", None) == mesh:
         return a
     return replicate(a, mesh)
+
+
+class StaticGraph:
+    """A `GraphDef` as a static argument of `jax.jit`, which needs it hashable.
+
+    An operator's config (lists) makes its GraphDef unhashable; equal GraphDefs print
+    alike, so their repr is the hash and the GraphDef's own equality decides. Equal models
+    then share one compiled program, fit after fit.
+    """
+
+    def __init__(self, graphdef):
+        self.graphdef = graphdef
+        self._hash = hash(repr(graphdef))
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other) -> bool:
+        same = isinstance(other, StaticGraph) and self.graphdef == other.graphdef
+        return other is self or same
+
+
+@functools.partial(jax.jit, static_argnames=("graph", "loss_fn", "learning_rate", "length"))
+def _run_chunk(params, opt_state, rest, args, *, graph, loss_fn, learning_rate, length):
+    """`length` Adam steps on ``loss_fn(model, *args)``; compiled once per model and loss."""
+    tx = optax.adam(learning_rate)
+
+    def objective(p):
+        return loss_fn(nnx.merge(graph.graphdef, p, rest), *args)
+
+    def step(carry, _):
+        p, s = carry
+        loss, grads = jax.value_and_grad(objective)(p)
+        updates, s = tx.update(grads, s, p)
+        return (optax.apply_updates(p, updates), s), loss
+
+    (params, opt_state), losses = jax.lax.scan(step, (params, opt_state), None, length=length)
+    return params, opt_state, losses
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,22 +150,14 @@ def fit(
             msg = f"{name} must be >= 1; found {value}."
             raise ConfigError(msg)
     graphdef, params, rest = nnx.split(model, wrt, ...)
-    tx = optax.adam(learning_rate)
-    opt_state = tx.init(params)
-
-    def objective(p, *a):
-        return loss_fn(nnx.merge(graphdef, p, rest), *a)
-
-    @jax.jit
-    def run_chunk(p, s, *a):
-        def step(carry, _):
-            p, s = carry
-            loss, grads = jax.value_and_grad(objective)(p, *a)
-            updates, s = tx.update(grads, s, p)
-            return (optax.apply_updates(p, updates), s), loss
-
-        (p, s), losses = jax.lax.scan(step, (p, s), None, length=steps_per_check)
-        return p, s, losses
+    opt_state = optax.adam(learning_rate).init(params)
+    run_chunk = functools.partial(
+        _run_chunk,
+        graph=StaticGraph(graphdef),
+        loss_fn=loss_fn,
+        learning_rate=learning_rate,
+        length=steps_per_check,
+    )
 
     show = sys.stderr.isatty() if progress is None else progress
     n_chunks = -(-max_steps // steps_per_check)
@@ -137,7 +168,7 @@ def fit(
         history, flat = stored["history"].tolist(), int(stored["flat"])
         converged = flat >= patience
     if mesh is not None:
-        params, opt_state = replicate((params, opt_state), mesh)
+        params, opt_state, rest = replicate((params, opt_state, rest), mesh)
         args = jax.tree.map(lambda a: _on_mesh(a, mesh), args)
     compile_seconds = fit_seconds = 0.0
     done = len(history) // steps_per_check
@@ -147,7 +178,7 @@ def fit(
             if converged:
                 break
             t0 = time.perf_counter()
-            params, opt_state, losses = run_chunk(params, opt_state, *args)
+            params, opt_state, losses = run_chunk(params, opt_state, rest, args)
             losses = np.asarray(losses)
             elapsed = time.perf_counter() - t0
             if i == done:

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 
 import jax
 import numpy as np
+import scipy.sparse
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from diffomics.core._errors import ConfigError, ShapeError
@@ -195,6 +196,12 @@ def shard_rows_from(read, shape: tuple[int, ...], mesh: Mesh) -> jax.Array:
         raise ShapeError(msg)
     sharding = NamedSharding(mesh, PartitionSpec(DATA_AXIS))
     return jax.make_array_from_callback(tuple(shape), sharding, lambda index: read(index[0]))
+
+
+def on_disk(adata) -> bool:
+    """Whether `adata`'s ``X`` is read from a file when indexed (backed h5ad, Zarr)."""
+    in_memory = (np.ndarray, scipy.sparse.spmatrix, scipy.sparse.sparray)
+    return adata.isbacked or not isinstance(adata.X, in_memory)
 
 
 def to_host(a) -> np.ndarray:

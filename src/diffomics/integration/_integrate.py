@@ -26,8 +26,15 @@ from tqdm.auto import tqdm
 
 from diffomics.core._checkpoint import load_checkpoint, save_checkpoint
 from diffomics.core._errors import ConfigError, MissingKeyError, ShapeError
+from diffomics.core._fit import StaticGraph
 from diffomics.core._numerics import default_float
-from diffomics.core._sharding import pad_rows, padded_size, replicate, shard_rows_from
+from diffomics.core._sharding import (
+    on_disk,
+    pad_rows,
+    padded_size,
+    replicate,
+    shard_rows_from,
+)
 
 if TYPE_CHECKING:
     from jax.sharding import Mesh
@@ -85,12 +92,6 @@ def open_zarr(store: str | os.PathLike):
     x = ad.io.sparse_dataset(x) if isinstance(x, zarr.Group) else x
     parts = {k: ad.io.read_elem(group[k]) for k in ("obs", "var", "obsm", "uns") if k in group}
     return ad.AnnData(X=x, **parts)
-
-
-def _on_disk(adata) -> bool:
-    """Whether `adata`'s ``X`` is read from a file when indexed (backed h5ad, Zarr)."""
-    in_memory = (np.ndarray, scipy.sparse.spmatrix, scipy.sparse.sparray)
-    return adata.isbacked or not isinstance(adata.X, in_memory)
 
 
 class StreamedRows:
@@ -185,7 +186,7 @@ def _align(mods: dict, join: str) -> tuple[pd.Index, dict, dict, dict]:
     for name, adata in mods.items():
         pos = adata.obs_names.get_indexer(cells)
         present = pos >= 0
-        if _on_disk(adata):
+        if on_disk(adata):
             matrices[name] = StreamedRows(adata.X, pos, adata.n_vars)
         else:
             x = adata.X[pos[present]]
@@ -382,27 +383,8 @@ def _adam(learning_rate: float) -> optax.GradientTransformation:
 # every call, which on ECCITE-seq (4 steps an epoch) was a quarter of the epoch.
 
 
-class _Graph:
-    """A `GraphDef` as a static argument of `jax.jit`, which needs it hashable.
-
-    The operator's config (lists) makes the GraphDef unhashable; equal GraphDefs print
-    alike, so their repr is the hash and the GraphDef's own equality decides. Equal models
-    then share one compiled step, fit after fit.
-    """
-
-    def __init__(self, graphdef):
-        self.graphdef = graphdef
-        self._hash = hash(repr(graphdef))
-
-    def __hash__(self) -> int:
-        return self._hash
-
-    def __eq__(self, other) -> bool:
-        return other is self or (isinstance(other, _Graph) and self.graphdef == other.graphdef)
-
-
 @functools.partial(jax.jit, static_argnums=0)
-def _train_step(graph: _Graph, state, batch_data, kl_scale, scale):
+def _train_step(graph: StaticGraph, state, batch_data, kl_scale, scale):
     """One Adam step on ``scale * loss`` (`scale` undoes the padding's share of the mean).
 
     Returns the loss and the new state of ``(model, optimizer)``.
@@ -417,7 +399,7 @@ def _train_step(graph: _Graph, state, batch_data, kl_scale, scale):
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _eval_loss(graph: _Graph, state, batch_data, scale):
+def _eval_loss(graph: StaticGraph, state, batch_data, scale):
     """``(loss, reconstruction loss)`` per cell at full KL weight, one forward pass.
 
     Returns them and the new state (the pass draws from the model's noise stream).
@@ -744,7 +726,7 @@ def integrate(
         initial = stored["initial"] if stored["initial"].size else None
         rng.bit_generator.state = json.loads(str(stored["rng_state"]))
     graphdef, state = nnx.split((module, optimizer))  # state[0]: the model's, [1]: Adam's
-    graph = _Graph(graphdef)
+    graph = StaticGraph(graphdef)
     if mesh is not None:  # parameters, optimiser state and random keys on every device
         state = replicate(state, mesh)
     show = progress if progress is not None else None

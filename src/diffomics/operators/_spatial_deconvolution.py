@@ -147,11 +147,11 @@ class SpatialDeconvolution(Operator):
         self.log_background = nnx.Param(jnp.full(c.n_genes, jnp.log(0.01), default_float()))
         self.log_theta = nnx.Param(jnp.full(c.n_genes, jnp.log(10.0), default_float()))
 
-    def _inputs(self, data: Mapping[str, Any]) -> tuple[Array, Array]:
+    def _inputs(self, data: Mapping[str, Any], *, pooled: bool = False) -> tuple[Array, Array]:
         x = jnp.asarray(data[K.SPATIAL_EXPRESSION])
         reference = jnp.asarray(data[K.REFERENCE_PROFILES])
         c = self.config
-        n_spots = c.n_spots if c.mode == "direct" else None
+        n_spots = c.n_spots if c.mode == "direct" and not pooled else None
         check_matrix(x, K.SPATIAL_EXPRESSION, shape=(n_spots, c.n_genes))
         check_matrix(reference, K.REFERENCE_PROFILES, shape=(c.n_cell_types, c.n_genes))
         check_counts(x, K.SPATIAL_EXPRESSION, row_name="spot")
@@ -251,9 +251,11 @@ class SpatialDeconvolution(Operator):
         See `diffomics.spatial.platform_effect_neg_log_marginal`; it involves only
         `BULK_PARAMS`. With ``platform_effect_scale=0`` it is a weighted least-squares fit of
         the pooled spots by a mixture of the reference on the log scale. `spot_weight` as
-        in `loss`.
+        in `loss`. Only the spots' sum over spots enters, so ``spatial_expression`` may hold
+        any number of rows: the spots, or their sum as one row (when they are read in
+        chunks).
         """
-        x, reference = self._inputs(data)
+        x, reference = self._inputs(data, pooled=True)
         return platform_effect_neg_log_marginal(
             x,
             self.bulk_logits[...],
@@ -270,9 +272,9 @@ class SpatialDeconvolution(Operator):
         The platform effect becomes its posterior mean given the fitted bulk composition
         (`diffomics.spatial.platform_effect_posterior_mean`); in ``mode="direct"`` every
         spot starts at the bulk composition, which is also the mean of the proportion prior.
-        `spot_weight` as in `loss`.
+        `spot_weight` and the rows of ``spatial_expression`` as in `bulk_loss`.
         """
-        x, reference = self._inputs(data)
+        x, reference = self._inputs(data, pooled=True)
         c = self.config
         bulk_logits = self.bulk_logits[...]
         if c.platform_effect_scale > 0:

@@ -4,24 +4,35 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 import warnings
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import anndata as ad
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
+import scipy.sparse
 from flax import nnx
+from tqdm.auto import tqdm
 
 from diffomics.core._checks import check_choice, check_counts
-from diffomics.core._errors import MissingKeyError
+from diffomics.core._errors import ConfigError, MissingKeyError
 from diffomics.core._fit import FitResult, fit
 from diffomics.core._numerics import default_float
-from diffomics.core._sharding import pad_rows, padded_size, row_weights, shard_rows, to_host
+from diffomics.core._sharding import (
+    on_disk,
+    pad_rows,
+    padded_size,
+    row_weights,
+    shard_rows,
+    to_host,
+)
 from diffomics.operators._keys import DECONVOLUTION_KEYS as K
 from diffomics.spatial._graph import knn_graph
 from diffomics.spatial._reference import (
-    dense_layer,
+    layer_matrix,
     match_genes,
     reference_dispersion,
     reference_profiles,
@@ -33,6 +44,9 @@ if TYPE_CHECKING:
     from diffomics.operators._spatial_deconvolution import SpatialDeconvolution
 
 __all__ = ["DeconvolutionResult", "deconvolve"]
+
+#: Spots per chunk when `deconvolve` reads them from a file and no `chunk_size` is given.
+DEFAULT_CHUNK_SIZE = 50_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,6 +104,7 @@ def deconvolve(
     progress: bool | None = None,
     checkpoint: str | os.PathLike | None = None,
     mesh: Mesh | None = None,
+    chunk_size: int | None = None,
     key_added: str = "proportions",
 ) -> DeconvolutionResult:
     """Estimate the cell-type proportions of each spot from a labelled single-cell reference.
@@ -112,6 +127,16 @@ def deconvolve(
     is the most accurate on a fixed set of spots. ``mode="amortized"`` fits an encoder from
     spot expression to logits instead, so the fitted operator (``result.model``) also
     deconvolves new spots in one forward pass.
+
+    Spots can be fitted a chunk at a time (`chunk_size`), read from the file when `spatial`
+    is opened backed (``anndata.read_h5ad(path, backed="r")``) or from Zarr
+    (`diffomics.integration.open_zarr`), so host memory holds one chunk, not the matrix.
+    The bulk stage needs only the spots' sum, which is accumulated chunk by chunk, and in
+    ``mode="direct"`` with the platform effect, dispersions and prior then fixed, the
+    negative log-posterior is a sum over spots: each chunk is fitted on its own from the
+    bulk composition, and Adam, which moves every logit by its own gradient, takes the same
+    steps as in one fit of all spots. Only the stopping point differs (each chunk stops on
+    its own loss, within `tol`).
 
     Proportions are fractions of *cells*: with per-cell mean profiles
     (``library_normalize=False``, default) a type with more RNA per cell contributes more
@@ -164,6 +189,16 @@ def deconvolve(
         sums the gradients over devices (`diffomics.core.fit`). The result equals the
         one-device fit up to float32 rounding. In ``mode="direct"``, ``result.model`` then
         holds logits for the padded spots too. None (default): no placement.
+      chunk_size: spots fitted at a time. None (default) fits all at once when `spatial`
+        is in memory, and 50,000 at a time when its ``X`` (or `layer`) is read from a file
+        and the settings allow it (below). Chunks need an objective that is a sum over
+        spots: ``mode="direct"``, a count likelihood, ``dispersion="reference"``,
+        ``background=False`` and ``spatial_prior=0`` (a `ConfigError` names the setting
+        otherwise). ``result.model`` then holds the last chunk's logits, and
+        ``result.fit`` the fits of the chunks one after another (``history``
+        concatenated, ``n_steps`` summed, ``converged`` when all did). With `checkpoint`,
+        chunk ``i`` saves to ``<checkpoint stem>.chunk<i>.npz``, so a run killed and
+        started again skips the chunks already fitted.
       key_added: where the results go in `spatial` (see Returns).
 
     Returns:
@@ -176,8 +211,8 @@ def deconvolve(
       GeneMatchError: no shared genes, or duplicated names.
       MissingKeyError: `labels_key`, a layer or the coordinates are missing.
       CountsError, NonFiniteError: negative, NaN or inf values; a spot with zero counts over
-        the shared genes.
-      ConfigError: an argument out of range.
+        the shared genes (its index counts from the first spot, chunks or not).
+      ConfigError: an argument out of range, or a `chunk_size` the settings do not allow.
 
     Examples:
       >>> from diffomics.datasets import seqfish_cortex
@@ -204,9 +239,22 @@ def deconvolve(
         layer=reference_layer,
         library_normalize=library_normalize,
     )
-    x = dense_layer(spatial[:, genes], layer, name="spatial")
-    check_counts(x, f"spatial counts over the {len(genes)} shared genes", row_name="spot")
-    if likelihood != "gaussian" and not np.allclose(x, np.round(x)):
+    n_spots = spatial.n_obs
+    chunks = _spot_chunks(
+        n_spots,
+        chunk_size,
+        streamed=on_disk(spatial),
+        coupled=_coupling(mode, likelihood, dispersion, background, spatial_prior),
+    )
+    read = _spot_reader(spatial, layer, spatial.var_names.get_indexer(genes))
+    name = f"spatial counts over the {len(genes)} shared genes"
+    pooled, integers, x = np.zeros(len(genes)), True, None
+    for start, stop in chunks:  # checks and the pooled spots; one chunk is read only once
+        x = read(start, stop)
+        check_counts(x, name, row_name="spot", row_offset=start)
+        pooled += x.sum(axis=0, dtype=np.float64)
+        integers = integers and np.allclose(x, np.round(x))
+    if likelihood != "gaussian" and not integers:
         warnings.warn(
             f"spatial values are not integers; likelihood={likelihood!r} treats them as "
             "counts. For normalised data use likelihood='gaussian'.",
@@ -222,6 +270,8 @@ def deconvolve(
             raise MissingKeyError(msg)
         coords = np.asarray(spatial.obsm[spatial_key], dtype=np.float64)
         edges = jnp.asarray(knn_graph(coords, n_neighbors=n_neighbors))
+    rows = max(stop - start for start, stop in chunks)
+    rows = rows if mesh is None else padded_size(rows, mesh)  # one compiled shape
     config = SpatialDeconvolutionConfig(
         n_cell_types=profiles.shape[0],
         n_genes=len(genes),
@@ -229,19 +279,11 @@ def deconvolve(
         temperature=temperature,
         likelihood=likelihood,
         mode=mode,
-        n_spots=spatial.n_obs if mode == "direct" else None,
+        n_spots=rows if mode == "direct" else None,
         platform_effect_scale=platform_effect_scale,
         background=background,
         proportion_prior=proportion_prior,
     )
-    n_spots = spatial.n_obs
-    weight = None
-    if mesh is not None:  # spots split over the devices; padding rows get weight 0
-        n_padded = padded_size(n_spots, mesh)
-        if n_padded > n_spots:
-            weight = shard_rows(row_weights(n_spots, n_padded), mesh)
-        x = shard_rows(pad_rows(x, n_padded), mesh)
-        config = dataclasses.replace(config, n_spots=n_padded if mode == "direct" else None)
     model = SpatialDeconvolution(config, rngs=nnx.Rngs(seed))
     spot_params = SPOT_PARAMS
     if likelihood == "nb":
@@ -249,37 +291,48 @@ def deconvolve(
         model.log_theta[...] = jnp.log(jnp.asarray(theta.to_numpy(default_float())))
         if dispersion == "reference":
             spot_params = nnx.All(SPOT_PARAMS, nnx.Not(nnx.PathContains("log_theta")))
-    data = {
-        K.SPATIAL_EXPRESSION: x if mesh is not None else jnp.asarray(x),
-        K.REFERENCE_PROFILES: jnp.asarray(profiles.to_numpy(default_float())),
+    f = default_float()
+    bulk = {
+        K.SPATIAL_EXPRESSION: jnp.asarray(pooled[None, :], f),
+        K.REFERENCE_PROFILES: jnp.asarray(profiles.to_numpy(f)),
     }
-
     if learning_rate is None:
         learning_rate = 0.05 if mode == "direct" else 0.003
     settings = {"learning_rate": learning_rate, "max_steps": max_steps, "tol": tol}
-    settings["mesh"] = mesh
-    fit(model, lambda m, d, w: m.bulk_loss(d, spot_weight=w), (data, weight),
-        wrt=BULK_PARAMS, progress=False, **settings)  # fmt: skip
-    model.initialize_from_bulk(data, spot_weight=weight)
+    fit(model, lambda m, d: m.bulk_loss(d), (bulk,), wrt=BULK_PARAMS, progress=False,
+        **settings)  # fmt: skip
 
     def loss_fn(m, d, e, w):
         return m.loss(d, edges=e, spatial_prior=spatial_prior, spot_weight=w)
 
-    fit_result = fit(
-        model,
-        loss_fn,
-        (data, edges, weight),
-        wrt=spot_params,
-        progress=progress,
-        checkpoint=checkpoint,
-        **settings,
-    )
-    out = {k: to_host(v)[:n_spots] for k, v in model.outputs(data, spot_weight=weight).items()}
+    out = {K.PROPORTIONS: np.empty((n_spots, config.n_cell_types)), K.SPOT_SCALE: []}
+    fits = []
+    several = len(chunks) > 1
+    shown = several and (sys.stderr.isatty() if progress is None else progress)
+    for i, (start, stop) in enumerate(tqdm(chunks, disable=not shown, unit="chunk")):
+        x = x if not several else read(start, stop)
+        n = stop - start
+        weight = row_weights(n, rows) if several or rows > n else None
+        x = pad_rows(x, rows)
+        if mesh is not None:  # spots split over the devices; padding rows get weight 0
+            x = shard_rows(x, mesh)
+            weight = None if weight is None else shard_rows(weight, mesh)
+        data = {K.SPATIAL_EXPRESSION: jnp.asarray(x),
+                K.REFERENCE_PROFILES: bulk[K.REFERENCE_PROFILES]}  # fmt: skip
+        model.initialize_from_bulk(bulk)  # every chunk starts from the bulk composition
+        path = checkpoint
+        if several and checkpoint is not None:
+            path = Path(checkpoint).with_suffix(f".chunk{i}.npz")
+        fits.append(fit(model, loss_fn, (data, edges, weight), wrt=spot_params, mesh=mesh,
+                        progress=False if several else progress, checkpoint=path,
+                        **settings))  # fmt: skip
+        result = model.outputs(data, spot_weight=weight)
+        out[K.PROPORTIONS][start:stop] = to_host(result[K.PROPORTIONS])[:n]
+        out[K.SPOT_SCALE].append(to_host(result[K.SPOT_SCALE])[:n])
+    fit_result = _chained(fits)
     types = profiles.index.astype(str)
-    proportions = pd.DataFrame(
-        np.asarray(out[K.PROPORTIONS], dtype=np.float64), index=spatial.obs_names, columns=types
-    )
-    scale = pd.Series(np.asarray(out[K.SPOT_SCALE]), index=spatial.obs_names, name="scale")
+    proportions = pd.DataFrame(out[K.PROPORTIONS], index=spatial.obs_names, columns=types)
+    scale = pd.Series(np.concatenate(out[K.SPOT_SCALE]), index=spatial.obs_names, name="scale")
     params = {
         "labels_key": labels_key,
         "likelihood": likelihood,
@@ -295,6 +348,7 @@ def deconvolve(
         "max_steps": int(max_steps),
         "tol": float(tol),
         "seed": int(seed),
+        "n_chunks": len(chunks),
     }
     spatial.obsm[key_added] = proportions
     spatial.obs[f"{key_added}_scale"] = scale.to_numpy()
@@ -315,4 +369,66 @@ def deconvolve(
         fit=fit_result,
         params=params,
         model=model,
+    )
+
+
+def _coupling(mode, likelihood, dispersion, background, spatial_prior) -> list[str]:
+    """The deconvolution settings that make the spot fit more than a sum over spots."""
+    reasons = []
+    if mode != "direct":
+        reasons.append(f"mode={mode!r} (one encoder for all spots)")
+    if likelihood == "gaussian":
+        reasons.append("likelihood='gaussian' (each gene's variance is a mean over spots)")
+    if likelihood == "nb" and dispersion == "fit":
+        reasons.append("dispersion='fit' (gene dispersions fitted on all spots)")
+    if background:
+        reasons.append("background=True (gene backgrounds fitted on all spots)")
+    if spatial_prior > 0:
+        reasons.append(f"spatial_prior={spatial_prior} (neighbouring spots)")
+    return reasons
+
+
+def _spot_chunks(
+    n_spots: int, chunk_size: int | None, *, streamed: bool, coupled: list[str]
+) -> list[tuple[int, int]]:
+    """``(start, stop)`` of the chunks of spots `deconvolve` fits one after another."""
+    if chunk_size is None:
+        chunk_size = DEFAULT_CHUNK_SIZE if streamed and not coupled else n_spots
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        msg = f"chunk_size must be an int >= 1 or None; found {chunk_size!r}."
+        raise ConfigError(msg)
+    if chunk_size < n_spots and coupled:
+        msg = (
+            f"chunk_size={chunk_size} fits the {n_spots} spots in separate chunks, which "
+            "needs an objective that is a sum over spots; these settings couple the spots: "
+            f"{'; '.join(coupled)}. Pass chunk_size=None to fit them all at once."
+        )
+        raise ConfigError(msg)
+    return [(a, min(a + chunk_size, n_spots)) for a in range(0, n_spots, chunk_size)]
+
+
+def _spot_reader(spatial: ad.AnnData, layer: str | None, genes: np.ndarray):
+    """``read(start, stop)``: those spots' values over `genes` (column indices), dense."""
+    source = layer_matrix(spatial, layer, name="spatial")
+
+    def read(start: int, stop: int) -> np.ndarray:
+        block = source[start:stop]  # in memory, or read from the backed / Zarr file
+        block = block[:, genes]
+        block = block.toarray() if scipy.sparse.issparse(block) else np.asarray(block)
+        return block.astype(default_float())
+
+    return read
+
+
+def _chained(fits: list[FitResult]) -> FitResult:
+    """The fits of the chunks as one `FitResult`, one after another."""
+    if len(fits) == 1:
+        return fits[0]
+    return FitResult(
+        history=np.concatenate([r.history for r in fits]),
+        n_steps=sum(r.n_steps for r in fits),
+        converged=all(r.converged for r in fits),
+        compile_seconds=fits[0].compile_seconds,
+        fit_seconds=sum(r.fit_seconds for r in fits)
+        + sum(r.compile_seconds for r in fits[1:]),
     )

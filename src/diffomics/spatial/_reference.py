@@ -14,15 +14,26 @@ from diffomics.core._checks import check_counts
 from diffomics.core._errors import CountsError, GeneMatchError, MissingKeyError
 from diffomics.core._numerics import default_float
 
-__all__ = ["dense_layer", "match_genes", "reference_dispersion", "reference_profiles"]
+__all__ = [
+    "dense_layer",
+    "layer_matrix",
+    "match_genes",
+    "reference_dispersion",
+    "reference_profiles",
+]
+
+
+def layer_matrix(adata: ad.AnnData, layer: str | None, *, name: str):
+    """``adata.X`` or ``adata.layers[layer]`` as stored (dense, sparse or on disk)."""
+    if layer is not None and layer not in adata.layers:
+        msg = f"{name}.layers has no {layer!r}; found {list(adata.layers)}. Pass layer=None for X."
+        raise MissingKeyError(msg)
+    return adata.X if layer is None else adata.layers[layer]
 
 
 def dense_layer(adata: ad.AnnData, layer: str | None, *, name: str) -> np.ndarray:
     """``adata.X`` or ``adata.layers[layer]`` as a dense array (obs x vars) of `default_float`."""
-    if layer is not None and layer not in adata.layers:
-        msg = f"{name}.layers has no {layer!r}; found {list(adata.layers)}. Pass layer=None for X."
-        raise MissingKeyError(msg)
-    x = adata.X if layer is None else adata.layers[layer]
+    x = layer_matrix(adata, layer, name=name)
     x = x.toarray() if sp.issparse(x) else np.asarray(x)
     return x.astype(default_float())
 
