@@ -249,3 +249,25 @@ def test_hic_regions_spread_over_the_devices_equal_one_device():
                                    **tol)  # fmt: skip
     pd.testing.assert_frame_equal(spread.boundaries[["chrom", "start"]],
                                   single.boundaries[["chrom", "start"]])  # fmt: skip
+
+
+def test_dots_scored_one_tile_per_device_equal_one_device():
+    # GM12878 chr20 at 25 kb: the dots' kernel sums on tiles along the diagonal, four
+    # tiles at a time, one per device (tile_rows=256 gives 10 tiles: the last group of
+    # two is filled up with copies); the same dots as one tile at a time without a mesh
+    from diffomics.datasets import gm12878_hic
+    from diffomics.hic import analyze, band_from_pixels, call_dots, read_cool
+
+    cmap = read_cool(gm12878_hic("chr20"))
+    single = analyze(cmap, windows=(250_000,), n_eigs=0, progress=False)
+    band = np.asarray(band_from_pixels(cmap.bin1, cmap.bin2, cmap.count, cmap.n_bins, 100))
+    kwargs = {"resolution": 25_000, "max_distance_bins": 80, "tile_rows": 256}
+    expected = single.expected["balanced.avg"].to_numpy()
+    one = call_dots(band, single.weights, expected, **kwargs)
+    four = call_dots(band, single.weights, expected, mesh=data_mesh(), **kwargs)
+    assert len(one) > 50 and -(-cmap.n_bins // 256) % 4 != 0
+    pd.testing.assert_frame_equal(four, one, rtol=1e-6)
+    # analyze passes its mesh on: the same loops as without one
+    sharded = analyze(cmap, windows=(250_000,), n_eigs=0, progress=False, mesh=data_mesh())
+    pd.testing.assert_frame_equal(sharded.loops[["start1", "start2"]],
+                                  single.loops[["start1", "start2"]])  # fmt: skip

@@ -7,7 +7,7 @@ clustering of adjacent enriched pixels, and HiCCUPS' filters.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -18,6 +18,10 @@ from jax import Array
 
 from diffomics.core._errors import ConfigError
 from diffomics.core._numerics import default_float, float_dtype
+from diffomics.core._sharding import shard_rows, to_host
+
+if TYPE_CHECKING:
+    from jax.sharding import Mesh
 
 __all__ = [
     "KERNEL_NAMES",
@@ -206,8 +210,9 @@ def call_dots(
     clustering_radius: int = 20_000,
     cluster_filtering: bool = True,
     tile_rows: int = 1024,
+    mesh: Mesh | None = None,
 ) -> pd.DataFrame:
-    """HiCCUPS-style dot calling on a banded raw-count matrix, on the CPU, in row tiles.
+    """HiCCUPS-style dot calling on a banded raw-count matrix, in tiles along the diagonal.
 
     1. For each pixel ``(i, j)`` with ``0 < j - i < max_distance_bins`` and four kernels
        (`hiccups_kernels`): the local expected, in raw counts,
@@ -225,6 +230,9 @@ def call_dots(
        and > 1.5x the vertical and horizontal local expected, > 2x one of donut or
        lower-left, and singletons need the sum of their four q-values <= 0.02.
 
+    A tile is `tile_rows` rows of the band (a stretch of the diagonal, out to
+    `max_distance_bins`) with a halo of ``w`` rows on each side. The kernel sums of a tile
+    (`local_expected`) run on a device; the tests, thresholds and clustering on the host.
     Memory is ``O(tile_rows * n_diags)`` per tile on top of the band.
 
     Args:
@@ -240,6 +248,10 @@ def call_dots(
       clustering_radius: in bp.
       cluster_filtering: apply the HiCCUPS filters.
       tile_rows: rows per tile.
+      mesh: a device mesh (`diffomics.core.data_mesh`): the tiles' kernel sums are computed
+        as many tiles at a time as it has devices, one tile per device (the tiles stacked
+        and split over ``"data"``). The same dots as without a mesh. None (default): one
+        tile at a time on the default device.
 
     Returns:
       DataFrame with ``bin1_id, bin2_id, count, la_exp.<kernel>.value``,
@@ -266,11 +278,14 @@ def call_dots(
     edges = lambda_edges(n_lambda_bins)
     names = list(kernels)
 
-    score = jax.jit(lambda o, e, bad: local_expected(o, e, bad, kernels))
+    def score(o, e, bad):
+        return local_expected(o, e, bad, kernels)
 
+    score_one, score_many = jax.jit(score), jax.jit(jax.vmap(score))
     size = min(tile_rows, n)
+    group = 1 if mesh is None else mesh.devices.size
 
-    def tile(start, stop):  # always `size` rows (the last tile padded): one compiled shape
+    def inputs(start):  # always `size` rows (the last tile padded): one compiled shape
         rows = np.arange(start - w, start + size + w)
         inside_rows = (rows >= 0) & (rows < n)
         r = np.clip(rows, 0, n - 1)
@@ -283,15 +298,18 @@ def call_dots(
         counts = band_counts[r]
         o_bal = np.where(bad, 0.0, counts * wi * wj)
         e_bal = np.where(bad, 0.0, e)
-        local = score(
-            jnp.asarray(o_bal, default_float()),
-            jnp.asarray(e_bal, default_float()),
-            jnp.asarray(bad),
-        )
+        return o_bal, e_bal, bad, counts, wi * wj
+
+    def on_device(o_bal, e_bal, bad):  # the kernel sums' inputs in the working precision
+        f = default_float()
+        return o_bal.astype(f), e_bal.astype(f), bad
+
+    def scored(bounds, prepared, factor, n_nans):
+        """``(b1, b2, obs, lams, raw)`` of the scored pixels of one tile."""
+        (start, stop), (_, e_bal, bad, counts, wij) = bounds, prepared
         core = slice(w, w + size)
         with np.errstate(divide="ignore", invalid="ignore"):
-            e_raw = np.where(bad, np.nan, e_bal / (wi * wj))[core]
-        factor = np.asarray(local.factor, dtype=np.float64)
+            e_raw = np.where(bad, np.nan, e_bal / wij)[core]
         la = e_raw[None] * factor
         d = np.arange(n_diags)[None, :]
         ok = (
@@ -299,7 +317,7 @@ def call_dots(
             & (np.arange(size) < stop - start)[:, None]
             & (d >= 1)
             & (d < max_distance_bins)
-            & np.all(np.asarray(local.n_nans) == 0, axis=0)
+            & np.all(n_nans == 0, axis=0)
             & np.all(np.isfinite(factor), axis=0)
         )
         i_idx, d_idx = np.nonzero(ok)
@@ -310,10 +328,27 @@ def call_dots(
         lams = la[:, i_idx, d_idx]
         return i_idx + start, i_idx + start + d_idx, obs, lams, raw
 
+    def tiles():
+        """Every tile's pixels, the kernel sums of `group` tiles at a time (one per device)."""
+        bounds = list(_tiles(n, size))
+        for g in range(0, len(bounds), group):
+            part = bounds[g : g + group]
+            prepared = [inputs(start) for start, _ in part]
+            if mesh is None:
+                local = score_one(*on_device(*prepared[0][:3]))
+                sums = [(np.asarray(local.factor, np.float64), np.asarray(local.n_nans))]
+            else:  # the last group is filled up with copies of its last tile
+                stack = [np.stack([p[k] for p in prepared] + [prepared[-1][k]] *
+                                  (group - len(part))) for k in range(3)]  # fmt: skip
+                local = score_many(*(shard_rows(a, mesh) for a in on_device(*stack)))
+                factor, n_nans = to_host(local.factor), to_host(local.n_nans)
+                sums = [(np.asarray(factor[t], np.float64), n_nans[t]) for t in range(len(part))]
+            for bound, p, (factor, n_nans) in zip(part, prepared, sums, strict=True):
+                yield scored(bound, p, factor, n_nans)
+
     # pass 1: histograms of observed counts per lambda bin, per kernel
     hist = np.zeros((len(names), len(edges) - 1, 1), dtype=np.int64)
-    for start, stop in _tiles(n, size):
-        _, _, obs, lams, _ = tile(start, stop)
+    for _, _, obs, lams, _ in tiles():
         if obs.size and obs.max() >= hist.shape[2]:
             hist = np.pad(hist, ((0, 0), (0, 0), (0, obs.max() + 1 - hist.shape[2])))
         for k in range(len(names)):
@@ -325,8 +360,7 @@ def call_dots(
     )
     # pass 2: pixels over every kernel's threshold
     found = []
-    for start, stop in _tiles(n, size):
-        b1, b2, obs, lams, raw = tile(start, stop)
+    for b1, b2, obs, lams, raw in tiles():
         lbins = [np.searchsorted(edges, lams[k], side="left") - 1 for k in range(len(names))]
         keep = np.all([obs >= thresholds[k][lbins[k]] for k in range(len(names))], axis=0)
         if keep.any():
