@@ -64,6 +64,8 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"unknown variants {sorted(unknown)}; known: {sorted(bench.VARIANTS)}")
     runs, began = [], time.perf_counter()
+    command = "python benchmarks/integration_seeds.py " + " ".join(sys.argv[1:])
+    today = machine()["date"]
     with tempfile.TemporaryDirectory() as tmp:
         for name in datasets:
             folder = Path(tmp) / name
@@ -87,20 +89,32 @@ def main() -> None:
                         out = folder / "run.npz"
                         np.savez(out, **{k: np.asarray(v) for k, v in result.items()})
                         record = bench.score(method, name, folder, out)
-                        record.update(dataset=name, method=method, seed=seed)
+                        record.update(dataset=name, method=method, seed=seed,
+                                      command=command, date=today)  # fmt: skip
                         runs.append(record)
                         shown = {k: round(record[k], 3) for k in METRICS if k in record}
                         print(f"[{name}] {method} seed {seed}: {shown}", flush=True)
     previous = RESULTS_DIR / f"{NAME}.json"
-    earlier = None
+    note = None
     if args.update and previous.exists():
         last = json.loads(previous.read_text())
         redone = {(r["dataset"], r["method"]) for r in runs}
         kept = [r for r in last["runs"] if (r["dataset"], r["method"]) not in redone]
+        for r in kept:  # runs stored before each run recorded its own command
+            r.setdefault("command", last["command"])
+            r.setdefault("date", last["machine"]["date"])
         runs = kept + runs
         datasets = list(dict.fromkeys([*(r["dataset"] for r in kept), *datasets]))
-        earlier = last.get("earlier") or {k: last.get(k) for k in ("command", "note")}
-        earlier.setdefault("date", last["machine"]["date"])
+        note = last.get("note")
+    payload = {"command": command, "threads": args.threads, "machine": machine(), "runs": runs,
+               "summary": summarize(runs, datasets), "total_seconds": time.perf_counter() - began,
+               "note": note}  # fmt: skip
+    for path in write_results(NAME, payload, markdown(payload)):
+        print(path)
+
+
+def summarize(runs: list[dict], datasets: list[str]) -> list[dict]:
+    """Mean and standard deviation over seeds of each data set and setting."""
     summary = []
     for name in datasets:
         for method in dict.fromkeys(r["method"] for r in runs if r["dataset"] == name):
@@ -108,29 +122,31 @@ def main() -> None:
             stats = {k: (float(np.mean([r[k] for r in rows])), float(np.std([r[k] for r in rows])))
                      for k in METRICS if all(k in r for r in rows)}  # fmt: skip
             summary.append({"dataset": name, "method": method, "seeds": len(rows), **stats})
-    payload = {"command": "python benchmarks/integration_seeds.py " + " ".join(sys.argv[1:]),
-               "threads": args.threads, "machine": machine(), "runs": runs,
-               "summary": summary, "total_seconds": time.perf_counter() - began,
-               "earlier": earlier}  # fmt: skip
+    return summary
+
+
+def markdown(payload: dict) -> str:
+    """The results table, with the command and date that made each setting's rows."""
+    made = {}
+    for r in payload["runs"]:
+        made.setdefault((r["command"], r["date"]), {}).setdefault(r["method"], None)
     lines = [
         "# Integration: spread over seeds",
         "",
-        f"Command: `{payload['command']}`; {args.threads} thread(s), pinned; "
-        f"{payload['machine']['date']}; total {payload['total_seconds'] / 60:.1f} min. "
-        "Mean +- standard deviation over the seeds."
-        + ("" if earlier is None else f" The rows not rerun are from `{earlier['command']}` "
-           f"({earlier['date']}). {earlier.get('note') or ''}"),
+        f"{payload['threads']} thread(s), pinned; mean +- standard deviation over the seeds. "
+        "Rows made by:",
         "",
+        *(f"- `{cmd}` ({date}): {', '.join(methods)}" for (cmd, date), methods in made.items()),
+        "",
+        *([payload["note"], ""] if payload.get("note") else []),
         "| data set | setting | seeds | " + " | ".join(METRICS) + " |",
         "|---|---|---|" + "---|" * len(METRICS),
     ]
-    for s in summary:
+    for s in payload["summary"]:
         cells = [f"{s[k][0]:.3f} +- {s[k][1]:.3f}" if k in s else "" for k in METRICS]
         head = f"| {s['dataset']} | {s['method']} | {s['seeds']} | "
         lines.append(head + " | ".join(cells) + " |")
-    for path in write_results(NAME, payload, "\n".join(lines) + "\n"):
-        print(path)
-
+    return "\n".join(lines) + "\n"
 
 if __name__ == "__main__":
     main()

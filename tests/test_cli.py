@@ -142,6 +142,31 @@ def test_deconvolve_command(tmp_path, capsys):
     assert "wrote" in capsys.readouterr().out
 
 
+def test_deconvolve_command_reads_spots_from_a_file_a_chunk_at_a_time(tmp_path):
+    # --backed .h5ad and a Zarr store, fitted in chunks of 16 spots: the proportions of the
+    # same chunked fit in memory; the .h5ad written holds the results, not X
+    spatial, reference = simulate(n_spots=40, n_genes=30, seed=0)
+    spatial.write_h5ad(tmp_path / "spots.h5ad")
+    spatial.write_zarr(tmp_path / "spots.zarr")
+    reference.write_h5ad(tmp_path / "ref.h5ad")
+    common = [str(tmp_path / "ref.h5ad"), "--labels", "cell_type", "--likelihood", "poisson",
+              "--chunk-size", "16"]  # fmt: skip
+    tables = {}
+    for kind, spots in (("memory", ["spots.h5ad"]), ("backed", ["spots.h5ad", "--backed"]),
+                        ("zarr", ["spots.zarr"])):  # fmt: skip
+        out = tmp_path / kind
+        argv = ["deconvolve", str(tmp_path / spots[0]), *common, *spots[1:], "--out", str(out)]
+        assert main(argv) == 0
+        stem = Path(spots[0]).stem
+        tables[kind] = pd.read_csv(out / f"{stem}.deconvolved.proportions.tsv", sep="\t",
+                                   index_col=0)  # fmt: skip
+        written = ad.read_h5ad(out / f"{stem}.deconvolved.h5ad")
+        assert written.uns["proportions"]["params"]["n_chunks"] == 3
+        assert (written.X is None) == (kind != "memory")
+    pd.testing.assert_frame_equal(tables["backed"], tables["memory"])
+    pd.testing.assert_frame_equal(tables["zarr"], tables["memory"])
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -62,8 +62,15 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=_default(deconvolve, "seed"))
     demo.set_defaults(func=run_demo)
 
-    dec = sub.add_parser("deconvolve", help="cell-type proportions of spatial spots")
-    dec.add_argument("spatial", help="spots x genes .h5ad (counts in X)")
+    dec = sub.add_parser(
+        "deconvolve",
+        help="cell-type proportions of spatial spots",
+        description="Deconvolve the spots of an .h5ad file or AnnData Zarr store with a "
+        "labelled single-cell reference. Zarr stores (and .h5ad files with --backed) are "
+        "read and fitted a chunk of spots at a time; the .h5ad written for them holds obs, "
+        "var, obsm and uns, not X.",
+    )
+    dec.add_argument("spatial", help="spots x genes .h5ad or .zarr (counts in X)")
     dec.add_argument("reference", help="cells x genes .h5ad with labels")
     dec.add_argument("--labels", required=True, help="column of reference.obs with types")
     dec.add_argument(
@@ -79,6 +86,10 @@ def _parser() -> argparse.ArgumentParser:
     dec.add_argument("--checkpoint", default=None,
                      help="NPZ file the fit saves to and resumes from (a killed run restarts "
                      "where it stopped, with the same result)")  # fmt: skip
+    dec.add_argument("--backed", action="store_true",
+                     help="open the spots' .h5ad in backed mode and read it a chunk at a time")
+    dec.add_argument("--chunk-size", type=int, default=_default(deconvolve, "chunk_size"),
+                     help="spots fitted at a time (default: all, or 50,000 from a file)")
     _add_out(dec)
     dec.set_defaults(func=run_deconvolve)
 

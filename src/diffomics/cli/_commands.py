@@ -19,6 +19,8 @@ from diffomics.cli._io import (
     UserError,
     atomic,
     atomic_folder,
+    light_copy,
+    read_annotated,
     read_h5ad,
     read_modalities,
     read_track,
@@ -50,7 +52,8 @@ def deconvolution_outputs(spots, result, out: Path, stem: str) -> tuple[list[Pat
     from diffomics.plotting import proportions_on_tissue
 
     written = [
-        atomic(out / f"{stem}.h5ad", lambda p: spots.write_h5ad(p)),
+        # a streamed file's X stays where it is: the copy holds the annotations and results
+        atomic(out / f"{stem}.h5ad", lambda p: light_copy(spots).write_h5ad(p)),
         _tsv(result.proportions, out / f"{stem}.proportions.tsv"),
     ]
     figures = []
@@ -83,7 +86,8 @@ def run_deconvolve(args: argparse.Namespace) -> Section:
     from diffomics.spatial import deconvolve
 
     start = time.perf_counter()
-    spatial, reference = read_h5ad(args.spatial), read_h5ad(args.reference)
+    spatial = read_annotated(args.spatial, backed=args.backed)
+    reference = read_h5ad(args.reference)
     result = deconvolve(
         spatial,
         reference,
@@ -94,6 +98,7 @@ def run_deconvolve(args: argparse.Namespace) -> Section:
         seed=args.seed,
         progress=None,
         checkpoint=args.checkpoint,
+        chunk_size=args.chunk_size,
     )
     stem = Path(args.spatial).stem + ".deconvolved"
     written, figures = deconvolution_outputs(spatial, result, Path(args.out), stem)
@@ -340,9 +345,6 @@ def integration_metrics(model, mods: dict, labels) -> pd.DataFrame:
 
 def integration_outputs(model, mods: dict, labels, out: Path, stem: str, *, title: str):
     """Write the latent table, one AnnData per modality, the model and the latent figure."""
-    import anndata as ad
-
-    from diffomics.core._sharding import on_disk
     from diffomics.plotting import latent_scatter
 
     z = model.latent()
@@ -352,8 +354,7 @@ def integration_outputs(model, mods: dict, labels, out: Path, stem: str, *, titl
     written = [_tsv(table, out / f"{stem}.latent.tsv")]
     for name, adata in mods.items():
         # a streamed modality's X stays in its input file: the copy holds the annotations
-        light = on_disk(adata)
-        keep = ad.AnnData(obs=adata.obs, var=adata.var, obsm=dict(adata.obsm)) if light else adata
+        keep = light_copy(adata)
         written.append(atomic(out / f"{stem}.{name}.h5ad", lambda p, a=keep: a.write_h5ad(p)))
     written.append(atomic_folder(out / f"{stem}.model", model.save))
     paths = save_figure(latent_scatter(z, labels, title=title), out / f"{stem}.latent")

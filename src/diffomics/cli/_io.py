@@ -132,6 +132,25 @@ def _read_zarr(path: str):
         raise UserError(msg) from err
 
 
+def read_annotated(path: str, *, backed: bool = False):
+    """An AnnData from an ``.h5ad`` file or a Zarr store, or a `UserError`.
+
+    A Zarr store's X, and with `backed` an ``.h5ad`` file's, stays on disk.
+    """
+    return _read_zarr(path) if path.endswith(".zarr") else read_h5ad(path, backed=backed)
+
+
+def light_copy(adata):
+    """`adata` to write: itself in memory, its annotations when its X is read from a file."""
+    import anndata as ad
+
+    from diffomics.core._sharding import on_disk
+
+    if not on_disk(adata):
+        return adata
+    return ad.AnnData(obs=adata.obs, var=adata.var, obsm=dict(adata.obsm), uns=dict(adata.uns))
+
+
 def read_modalities(specs: list[str], *, backed: bool = False) -> tuple[dict, str]:
     """Modalities from one ``DATA.h5mu`` or several ``[NAME=]FILE.h5ad|.zarr``; a file stem.
 
@@ -153,7 +172,7 @@ def read_modalities(specs: list[str], *, backed: bool = False) -> tuple[dict, st
         if name in mods:
             msg = f"modality {name!r} is given twice; name them as NAME=FILE.h5ad."
             raise UserError(msg)
-        mods[name] = _read_zarr(path) if path.endswith(".zarr") else read_h5ad(path, backed=backed)
+        mods[name] = read_annotated(path, backed=backed)
     if len(mods) < 2:
         msg = f"integrate needs two or more modalities; found {len(mods)} ({specs})."
         raise UserError(msg)
