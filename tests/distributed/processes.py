@@ -11,7 +11,12 @@ it saw to ``--out``:
 - ``latent_<rank>.npy`` and ``history_<rank>.npy``: `integrate` on 210 SNARE-seq cells,
   streamed from backed ``.h5ad`` files in ``--data``, on a mesh over all 4 devices;
 - ``proportions_<rank>.npy`` and ``loss_<rank>.npy``: `deconvolve` (NB, background) of 79
-  seqFISH+ pseudo-spots, split over the same mesh, 100 Adam steps.
+  seqFISH+ pseudo-spots, split over the same mesh, 100 Adam steps; ``chunked_<rank>.npy``:
+  the same spots (NB, no background) fitted in chunks of 30, each split over the mesh;
+- ``svg_<rank>.npy``: `spatial_genes` of 150 genes of the mouse olfactory bulb, the genes
+  split over the mesh (LLR, FSV, p-value);
+- ``hic_<rank>.npz``: `hic.analyze` of GM12878 chr20 at 25 kb (balancing and expected from
+  pixels split over the mesh, dots on tiles one per device).
 """
 
 import argparse
@@ -23,10 +28,11 @@ import jax
 import numpy as np
 
 from diffomics.core import data_mesh
-from diffomics.datasets import seqfish_cortex
+from diffomics.datasets import gm12878_hic, mouse_olfactory_bulb, seqfish_cortex
+from diffomics.hic import analyze
 from diffomics.integration import integrate
 from diffomics.integration._integrate import _place
-from diffomics.spatial import deconvolve, pool_pseudo_spots
+from diffomics.spatial import deconvolve, pool_pseudo_spots, spatial_genes
 
 
 class Spy:
@@ -75,6 +81,19 @@ def main() -> None:
                         max_steps=100, progress=False, mesh=mesh)  # fmt: skip
     np.save(args.out / f"proportions_{args.rank}.npy", result.proportions.to_numpy())
     np.save(args.out / f"loss_{args.rank}.npy", result.fit.history)
+    chunked = deconvolve(spots, reference, "cell_type", likelihood="nb", chunk_size=30,
+                         max_steps=100, progress=False, mesh=mesh)  # fmt: skip
+    np.save(args.out / f"chunked_{args.rank}.npy", chunked.proportions.to_numpy())
+
+    bulb = mouse_olfactory_bulb()[:, :150].copy()
+    table = spatial_genes(bulb, n_lengthscales=4, n_smoothed=0, progress=False, mesh=mesh)
+    np.save(args.out / f"svg_{args.rank}.npy", table[["llr", "fsv", "pval"]].to_numpy())
+
+    hic = analyze(gm12878_hic("chr20"), windows=(250_000,), n_eigs=0, progress=False,
+                  mesh=mesh)  # fmt: skip
+    np.savez(args.out / f"hic_{args.rank}.npz", weights=hic.weights,
+             expected=hic.expected["balanced.avg"].to_numpy(),
+             loops=hic.loops[["start1", "start2"]].to_numpy())  # fmt: skip
 
 
 if __name__ == "__main__":

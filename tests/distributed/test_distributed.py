@@ -48,7 +48,7 @@ def test_four_simulated_devices_give_the_one_device_results():
     report = stdout[-8000:]
     assert proc.returncode == 0, report
     summary = stdout.strip().splitlines()[-1]
-    assert re.search(r"\b8 passed\b", summary) and "skipped" not in summary, report
+    assert re.search(r"\b9 passed\b", summary) and "skipped" not in summary, report
 
 
 def test_helpers_refuse_rows_that_do_not_fit():
@@ -137,11 +137,12 @@ def test_masked_padding_cells_change_no_vae_loss():
     assert scale == 1.0 and placed["rna_counts"].shape == (6, 8)
 
 
-def test_two_processes_read_only_their_cells_and_train_as_one(tmp_path):
+def test_two_processes_read_only_their_cells_and_compute_as_one(tmp_path):
     # jax.distributed on localhost: 2 processes x 2 CPU devices (Gloo collectives), against
     # one process with 4 devices. Each process reads only the cells of its own devices; both
     # end with the same model, which matches the one-process run to 1e-4 (float32 sums over
-    # devices in another order); so do the deconvolution's proportions
+    # devices in another order); so do the deconvolution's proportions (all spots at once,
+    # and in chunks), the GP test's statistics and the Hi-C weights, expected and loops
     from diffomics.datasets import snareseq_celllines
 
     data = tmp_path / "data"
@@ -176,3 +177,13 @@ def test_two_processes_read_only_their_cells_and_train_as_one(tmp_path):
     assert load(2, "proportions").shape == (79, 8)
     np.testing.assert_allclose(load(2, "proportions"), load(1, "proportions"), atol=1e-4)
     np.testing.assert_allclose(load(2, "loss"), load(1, "loss"), rtol=1e-4)
+    np.testing.assert_allclose(load(2, "chunked"), load(1, "chunked"), atol=1e-4)
+    # the GP test with the genes split over the processes: the same statistics
+    svg = {n: load(n, "svg") for n in (1, 2)}
+    np.testing.assert_array_equal(load(2, "svg", 1), svg[2])
+    np.testing.assert_allclose(svg[2], svg[1], rtol=1e-4, atol=1e-6)
+    # Hi-C: balancing and expected from pixels split over the processes, dots on tiles
+    hic = {n: np.load(runs[n] / "hic_0.npz") for n in (1, 2)}
+    np.testing.assert_allclose(hic[2]["weights"], hic[1]["weights"], rtol=1e-5)
+    np.testing.assert_allclose(hic[2]["expected"], hic[1]["expected"], rtol=1e-5)
+    np.testing.assert_array_equal(hic[2]["loops"], hic[1]["loops"])

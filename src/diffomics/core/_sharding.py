@@ -255,6 +255,9 @@ def replicate(tree, mesh: Mesh):
 
 def _replicated(a, sharding: NamedSharding) -> jax.Array:
     """The host value of `a` copied to each of this process's devices of `sharding`."""
+    if (isinstance(a, jax.Array) and a.sharding.is_fully_replicated
+            and a.sharding.device_set == sharding.device_set):  # fmt: skip
+        return a  # already replicated there (a parameter from an earlier fit)
     if isinstance(a, jax.Array) and jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
         data = _replicated(jax.random.key_data(a), sharding)
         return jax.random.wrap_key_data(data, impl=jax.random.key_impl(a))

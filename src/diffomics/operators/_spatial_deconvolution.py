@@ -285,5 +285,7 @@ class SpatialDeconvolution(Operator):
                 platform_effect_scale=c.platform_effect_scale,
                 spot_weight=spot_weight,
             )
-        if c.mode == "direct":
-            self.logits[...] = jnp.broadcast_to(c.temperature * bulk_logits, self.logits.shape)
+        if c.mode == "direct":  # a new array: the old one may be split over other processes
+            self.logits.set_value(
+                jnp.broadcast_to(c.temperature * bulk_logits, self.logits.shape)
+            )

@@ -17,7 +17,9 @@ from diffomics.core._checks import check_choice, check_finite, check_matrix
 from diffomics.core._errors import ConfigError, CountsError, MissingKeyError, ShapeError
 from diffomics.core._multiple_testing import benjamini_hochberg, storey_pi0
 from diffomics.core._numerics import default_float
+from diffomics.core._sharding import to_host
 from diffomics.spatial._gp_test import (
+    GPFit,
     fit_gp,
     gene_sparsity,
     gp_posterior_mean,
@@ -137,7 +139,8 @@ def _scan(z_list, coords, kernel, scales, *, chunk_size, exact_max_spots, n_indu
                         block = np.pad(block, ((0, 0), (0, chunk_size - width)))
                     fit = fit_gp(jnp.asarray(block, dtype=default_float()), factor,
                                  standard_error=i == 0, mesh=mesh)
-                    fit = fit._replace(**{k: v[:width] for k, v in fit._asdict().items()})
+                    # on the host (gathered from every process when split over them)
+                    fit = GPFit(*(to_host(v)[:width] for v in fit))
                     llr = np.asarray(fit.llr, dtype=np.float64)
                     better = llr > out["llr"][sl]
                     out["llr"][sl] = np.where(better, llr, out["llr"][sl])
