@@ -275,12 +275,14 @@ def _run_diffomics(name: str, mods: dict, *, heldout: np.ndarray | None, **setti
         f"of epoch {rep['best_epoch']} (lowest validation loss)",
     }
     if other == "protein":
-        # library="median": one constant size factor (the median observed protein total), a
-        # prediction from RNA alone; library="observed": each cell's own protein total where
-        # measured, which uses the target (denoising, not cross-modal)
-        out["imputed"] = model.impute("protein", ["rna"], library="median")[pos]
+        # library="predicted" (the default): each cell's protein total predicted from its RNA
+        # latent and RNA total (least squares on the cells with protein), a prediction from
+        # RNA alone; "median": one constant size factor; "observed": each cell's own protein
+        # total where measured, which uses the target (denoising, not cross-modal)
+        out["imputed"] = model.impute("protein", ["rna"])[pos]
+        out["imputed_median_library"] = model.impute("protein", ["rna"], library="median")[pos]
         out["imputed_observed_library"] = model.impute("protein", ["rna"], library="observed")[pos]
-        out["notes"] += "; protein from RNA = impute('protein', ['rna'], library='median')"
+        out["notes"] += "; protein from RNA = impute('protein', ['rna'], library='predicted')"
     return out
 
 
@@ -426,7 +428,8 @@ def score(method: str, name: str, folder: Path, out: Path) -> dict:
         rows = heldout if method.endswith(HOLDOUT) else np.ones_like(heldout)
         record["imputation_cells"] = int(rows.sum())
         observed = np.log1p(_dense(mods[other].X)[rows])
-        for key, suffix in (("imputed", ""), ("imputed_observed_library", "_observed_library")):
+        for key, suffix in (("imputed", ""), ("imputed_median_library", "_median_library"),
+                            ("imputed_observed_library", "_observed_library")):  # fmt: skip
             if key in r and _finite(r[key]):
                 corr = imputation_correlation(observed, np.log1p(np.maximum(r[key][rows], 0)))
                 record[f"imputation_r_feature{suffix}"] = corr["per_feature"]
@@ -556,10 +559,13 @@ NOTES = [
     "mixture with a per-cell background latent and the empirical background prior of "
     "protein_background_prior); the RNA likelihood and every other setting are the default "
     "row's.",
-    "diffomics' imputation r is impute('protein', ['rna'], library='median'): one constant "
-    "size factor (the median observed protein total) for every cell. With "
-    "library='observed' each cell is scaled by its own observed protein total, which uses "
-    "the target; the JSON keeps that variant as imputation_r_*_observed_library.",
+    "diffomics' imputation r is impute('protein', ['rna']) with its default "
+    "library='predicted' (since 2026-12-05): each cell's protein total predicted by least "
+    "squares from its RNA latent and log RNA total, fitted on the cells with protein, so "
+    "from RNA alone (totalVI's decoder likewise predicts the depth from the latent). The "
+    "JSON keeps library='median' (one constant size factor, what rows before 2026-12-05 "
+    "report) as imputation_r_*_median_library, and library='observed' (each cell's own "
+    "observed protein total, which uses the target) as imputation_r_*_observed_library.",
     "DiffBio 0.1.9 is trained on its operator's own elbo_loss (squared error on the raw "
     "values plus KL, no count likelihood) with the same optimiser and minibatches as "
     "diffomics and the early stopping diffomics used before (patience 20, relative 1e-3 "

@@ -104,7 +104,8 @@ def main() -> None:
             r.setdefault("command", last["command"])
             r.setdefault("date", last["machine"]["date"])
         runs = kept + runs
-        datasets = list(dict.fromkeys([*(r["dataset"] for r in kept), *datasets]))
+        have = {r["dataset"] for r in runs}
+        datasets = [name for name in bench.DATASETS if name in have]
         note = last.get("note")
     payload = {"command": command, "threads": args.threads, "machine": machine(), "runs": runs,
                "summary": summarize(runs, datasets), "total_seconds": time.perf_counter() - began,

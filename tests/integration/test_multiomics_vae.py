@@ -563,11 +563,42 @@ def test_accessibility_prediction_does_not_read_the_target_peaks():
     np.testing.assert_allclose(median[0], median[1], rtol=1e-6)
     observed = model.impute("atac", ["rna"], library="observed")
     assert not np.allclose(observed[0], observed[1])
+    predicted = model.impute("atac", ["rna"])  # the default: depth predicted from the RNA
+    np.testing.assert_allclose(predicted[0], predicted[1], rtol=1e-6)
     half = model.impute("atac", ["rna"], library=0.5)
     ratio = half / model.impute("atac", ["rna"], library=1.0)
     np.testing.assert_allclose(ratio, 0.5, rtol=1e-4)
     with pytest.raises(ConfigError, match="Bernoulli"):
         model.impute("atac", ["rna"], library=3.0)
+
+
+def test_predicted_library_is_the_depth_regressed_on_the_source_modalities():
+    # protein totals planted as a log-linear function of the RNA totals: fitted on the cells
+    # with protein, the prediction recovers the held-out cells' totals (an NB mean sums to
+    # its library), which the median library does not
+    from diffomics.integration import IntegrationModel
+
+    rng = np.random.default_rng(3)
+    n = 40
+    rna = rng.poisson(rng.uniform(1.0, 20.0, (n, 1)) * np.ones((1, 12))).astype(np.float32)
+    total = np.exp(0.5 + 0.8 * np.log1p(rna.sum(1)))
+    share = rng.dirichlet(np.ones(5), n)
+    data = {"rna_counts": rna, "protein_counts": (total[:, None] * share).astype(np.float32),
+            "protein_mask": (np.arange(n) % 2).astype(np.float32)}  # fmt: skip
+    module = _vae(modality_dims=[12, 5], modality_names=["rna", "protein"],
+                  likelihoods=["nb", "nb"])  # fmt: skip
+    model = IntegrationModel(module, None, data, None, {})
+    held = data["protein_mask"] == 0
+    predicted = model.impute("protein", ["rna"]).sum(1)
+    np.testing.assert_allclose(predicted[held], total[held], rtol=1e-3)
+    median = model.impute("protein", ["rna"], library="median").sum(1)
+    assert np.ptp(median) < 1e-3 * median.max()
+    data["protein_mask"][:] = 0
+    data["protein_mask"][:3] = 1  # 3 measured cells for 5 regressors (1, z, RNA total)
+    with pytest.raises(ConfigError, match="needs more cells"):
+        model.impute("protein", ["rna"])
+    with pytest.raises(ConfigError, match="library must be"):
+        model.impute("protein", ["rna"], library="mean")
 
 
 def test_cells_that_do_not_match_are_refused():

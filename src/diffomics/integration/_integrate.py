@@ -254,7 +254,7 @@ class IntegrationModel:
         return np.concatenate(parts)
 
     def impute(
-        self, target: str, from_: list[str], data: dict | None = None, *, library="median"
+        self, target: str, from_: list[str], data: dict | None = None, *, library="predicted"
     ) -> np.ndarray:
         """Expected `target` values decoded from the latent of the `from_` modalities.
 
@@ -262,25 +262,39 @@ class IntegrationModel:
           target: modality to predict.
           from_: modalities the latent is computed from.
           data: inputs (default: the training inputs).
-          library: size factor of count likelihoods: ``"median"`` (the median observed
-            total of `target`, the same for every cell: a cross-modal prediction),
-            ``"observed"`` (each cell's own observed total where measured: uses the
-            target, so only for denoising), or a number. For a Bernoulli `target` the
-            same choice applies to the cell accessibility factor: ``"median"`` the median
-            over the observed cells of the factor's logit, ``"observed"`` the cell's own,
-            a number in (0, 1] the factor itself.
+          library: size factor of count likelihoods: ``"predicted"`` (default: the log of
+            each cell's `target` total predicted by least squares from the `from_`
+            latent and the log totals of the `from_` count modalities, fitted on the cells
+            where `target` is measured: a cross-modal prediction of the cell's depth, as
+            totalVI's decoder predicts it from the latent), ``"median"`` (the median
+            observed total, the same for every cell), ``"observed"`` (each cell's own
+            observed total where measured: uses the target, so only for denoising), or a
+            number. For a Bernoulli `target` the same choice applies to the logit of the
+            cell accessibility factor (a number in (0, 1] is the factor itself).
 
         Returns:
           `(n_cells, n_features)` expected values, in the input's units.
+
+        Raises:
+          MissingKeyError: an unknown `target`.
+          ConfigError: a `library` not listed above, or ``"predicted"`` with fewer cells
+            measured in `target` than regressors.
         """
         if target not in self.names:
             msg = f"unknown target {target!r}; the model has {self.names}."
             raise MissingKeyError(msg)
+        choices = ("predicted", "median", "observed")
+        if not (library in choices or (isinstance(library, int | float) and library > 0)):
+            msg = f"library must be one of {list(choices)} or a number > 0; found {library!r}."
+            raise ConfigError(msg)
         data = data or self.data
         m = self.names.index(target)
         c = self.module.config
         decoder = self.module.decoders[m]
         bernoulli = c.likelihood_list[m] == "bernoulli"
+        if bernoulli and not isinstance(library, str) and library > 1:
+            msg = f"library for a Bernoulli target must be in (0, 1]; found {library!r}."
+            raise ConfigError(msg)
         key = f"{target}_counts"
         totals, own = [], []
         for chunk in _chunks(data, 1024):  # every cell's total first: the median library
@@ -292,32 +306,32 @@ class IntegrationModel:
         observed = np.concatenate(totals)
         n = len(observed)
         mask = np.asarray(data.get(f"{target}_mask", np.ones(n)), bool)
-        median = np.median(observed[mask]) if mask.any() else 1.0
-        if library == "median":
-            lib = np.full(n, median)
-        elif library == "observed":
-            lib = np.where(mask, observed, median)
-        elif isinstance(library, int | float) and library > 0:
-            lib = np.full(n, float(library))
-        else:
-            msg = f"library must be 'median', 'observed' or a number > 0; found {library!r}."
-            raise ConfigError(msg)
-        lib = lib.astype(default_float())
-        cell = None
-        if bernoulli:
-            own = np.concatenate(own)
-            centre = np.median(own[mask]) if mask.any() else 0.0
-            if library == "median":
-                cell = np.full(n, centre)
-            elif library == "observed":
-                cell = np.where(mask, own, centre)
-            elif library > 1:
-                msg = f"library for a Bernoulli target must be in (0, 1]; found {library!r}."
-                raise ConfigError(msg)
-            else:
-                cell = np.full(n, np.log(library) - np.log1p(-min(library, 1 - 1e-7)))
-            cell = cell.astype(default_float())[:, None]
         z = self.latent(from_, data)
+        if c.likelihood_list[m] == "gaussian":  # no size factor: the library is unused
+            library = 1.0
+        design = self._depth_design(z, from_, data) if library == "predicted" else None
+
+        def per_cell(values, number, *, log_scale):
+            """`library` applied to a per-cell quantity measured where `mask`."""
+            centre = np.median(values[mask]) if mask.any() else (1.0 if log_scale else 0.0)
+            if library == "median":
+                out = np.full(n, centre)
+            elif library == "observed":
+                out = np.where(mask, values, centre)
+            elif library == "predicted":
+                y = np.log(values) if log_scale else values
+                fitted = _least_squares(design, y, mask, what=f"{target}'s depth")
+                out = np.exp(fitted) if log_scale else fitted
+            else:
+                out = np.full(n, number)
+            return out.astype(default_float())
+
+        number = None if isinstance(library, str) else float(library)
+        lib = per_cell(observed, number, log_scale=True)
+        cell = None
+        if bernoulli:  # a number is the factor itself: its logit
+            logit = None if number is None else np.log(number) - np.log1p(-min(number, 1 - 1e-7))
+            cell = per_cell(np.concatenate(own), logit, log_scale=False)[:, None]
         means = []
         for k, chunk in enumerate(_chunks(data, 1024)):
             rows = slice(1024 * k, 1024 * (k + 1))
@@ -330,6 +344,14 @@ class IntegrationModel:
             center, sd = self.scales[target]
             mean = mean * sd + center
         return mean
+
+    def _depth_design(self, z: np.ndarray, from_: list[str], data: dict) -> np.ndarray:
+        """Regressors of a cell's depth: 1, the latent and the `from_` count log totals."""
+        liks = dict(zip(self.names, self.module.config.likelihood_list, strict=True))
+        counted = [f for f in from_ if liks[f] != "gaussian"]
+        totals = [np.concatenate([np.log1p(np.asarray(chunk[f"{f}_counts"], np.float64).sum(1))
+                                  for chunk in _chunks(data, 1024)]) for f in counted]  # fmt: skip
+        return np.column_stack([np.ones(len(z)), z, *totals])
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the config and parameters to folder `path` (``config.json``, ``state.npz``)."""
@@ -369,6 +391,18 @@ class IntegrationModel:
 #: at full KL weight plus the penalties) or its reconstruction part alone.
 _MONITORS = {"elbo_validation": "validation_loss",
              "reconstruction_loss_validation": "validation_reconstruction_loss"}  # fmt: skip
+
+
+def _least_squares(design: np.ndarray, y: np.ndarray, rows: np.ndarray, *, what: str):
+    """``design @ beta`` with ``beta`` the least-squares fit of `y` on the `rows` only."""
+    if rows.sum() <= design.shape[1]:
+        msg = (
+            f"library='predicted' regresses {what} on {design.shape[1]} regressors and needs "
+            f"more cells where it is measured; found {int(rows.sum())}. Use library='median'."
+        )
+        raise ConfigError(msg)
+    beta, *_ = np.linalg.lstsq(design[rows], y[rows], rcond=None)
+    return design @ beta
 
 
 @functools.cache
