@@ -593,6 +593,13 @@ def test_predicted_library_is_the_depth_regressed_on_the_source_modalities():
     np.testing.assert_allclose(predicted[held], total[held], rtol=1e-3)
     median = model.impute("protein", ["rna"], library="median").sum(1)
     assert np.ptp(median) < 1e-3 * median.max()
+    # mosaic: cells without RNA get its mean log total and a column of their own, so the
+    # cells with RNA keep their prediction
+    data["rna_mask"] = np.ones(n, np.float32)
+    data["rna_mask"][:4] = 0
+    design = model._depth_design(model.latent(["rna"]), ["rna"], data)
+    assert design.shape == (n, 1 + 3 + 2) and design[:4, -1].tolist() == [1.0] * 4
+    np.testing.assert_allclose(design[:4, -2], design[4:, -2].mean())
     data["protein_mask"][:] = 0
     data["protein_mask"][:3] = 1  # 3 measured cells for 5 regressors (1, z, RNA total)
     with pytest.raises(ConfigError, match="needs more cells"):

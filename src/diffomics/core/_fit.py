@@ -117,7 +117,10 @@ def fit(
 
     Args:
       model: the module to fit; its parameters are updated in place.
-      loss_fn: ``loss_fn(model, *args) -> scalar``, traceable by JAX.
+      loss_fn: ``loss_fn(model, *args) -> scalar``, traceable by JAX. It is a static
+        argument of the compiled steps (fits with the same model shapes and the same
+        `loss_fn` object share one compilation), so pass data through `args`: arrays a
+        closure holds would be baked into the program and kept alive by JAX's cache.
       args: arrays passed to `loss_fn` (traced, not baked into the compiled program).
       learning_rate: Adam step size, > 0.
       max_steps: upper bound on optimisation steps.

@@ -346,12 +346,23 @@ class IntegrationModel:
         return mean
 
     def _depth_design(self, z: np.ndarray, from_: list[str], data: dict) -> np.ndarray:
-        """Regressors of a cell's depth: 1, the latent and the `from_` count log totals."""
+        """Regressors of a cell's depth: 1, the latent and the `from_` count log totals.
+
+        A cell without one of those modalities (mosaic data) gets that modality's mean log
+        total over the cells that have it, and a column marks such cells.
+        """
         liks = dict(zip(self.names, self.module.config.likelihood_list, strict=True))
-        counted = [f for f in from_ if liks[f] != "gaussian"]
-        totals = [np.concatenate([np.log1p(np.asarray(chunk[f"{f}_counts"], np.float64).sum(1))
-                                  for chunk in _chunks(data, 1024)]) for f in counted]  # fmt: skip
-        return np.column_stack([np.ones(len(z)), z, *totals])
+        columns = [np.ones(len(z)), z]
+        for name in (f for f in from_ if liks[f] != "gaussian"):
+            sums = [np.asarray(chunk[f"{name}_counts"], np.float64).sum(1)
+                    for chunk in _chunks(data, 1024)]  # fmt: skip
+            total = np.log1p(np.concatenate(sums))
+            have = np.asarray(data.get(f"{name}_mask", np.ones(len(z))), bool)
+            if have.all():
+                columns.append(total)
+            elif have.any():
+                columns += [np.where(have, total, total[have].mean()), (~have).astype(float)]
+        return np.column_stack(columns)
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the config and parameters to folder `path` (``config.json``, ``state.npz``)."""
