@@ -13,7 +13,6 @@ import anndata as ad
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
-import scipy.sparse
 from flax import nnx
 from tqdm.auto import tqdm
 
@@ -36,6 +35,7 @@ from diffomics.spatial._reference import (
     match_genes,
     reference_dispersion,
     reference_profiles,
+    to_dense,
 )
 
 if TYPE_CHECKING:
@@ -412,10 +412,7 @@ def _spot_reader(spatial: ad.AnnData, layer: str | None, genes: np.ndarray):
     source = layer_matrix(spatial, layer, name="spatial")
 
     def read(start: int, stop: int) -> np.ndarray:
-        block = source[start:stop]  # in memory, or read from the backed / Zarr file
-        block = block[:, genes]
-        block = block.toarray() if scipy.sparse.issparse(block) else np.asarray(block)
-        return block.astype(default_float())
+        return to_dense(source[start:stop][:, genes])  # in memory, or from the file
 
     return read
 

@@ -20,6 +20,7 @@ __all__ = [
     "match_genes",
     "reference_dispersion",
     "reference_profiles",
+    "to_dense",
 ]
 
 
@@ -31,11 +32,15 @@ def layer_matrix(adata: ad.AnnData, layer: str | None, *, name: str):
     return adata.X if layer is None else adata.layers[layer]
 
 
-def dense_layer(adata: ad.AnnData, layer: str | None, *, name: str) -> np.ndarray:
-    """``adata.X`` or ``adata.layers[layer]`` as a dense array (obs x vars) of `default_float`."""
-    x = layer_matrix(adata, layer, name=name)
+def to_dense(x) -> np.ndarray:
+    """A dense or sparse matrix (or a block read from a file) as a dense `default_float` array."""
     x = x.toarray() if sp.issparse(x) else np.asarray(x)
     return x.astype(default_float())
+
+
+def dense_layer(adata: ad.AnnData, layer: str | None, *, name: str) -> np.ndarray:
+    """``adata.X`` or ``adata.layers[layer]`` as a dense array (obs x vars) of `default_float`."""
+    return to_dense(layer_matrix(adata, layer, name=name))
 
 
 def _check_unique(names: pd.Index, name: str) -> None:
