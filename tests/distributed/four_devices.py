@@ -222,6 +222,38 @@ def test_hic_analysis_on_four_devices_equals_one_device():
     np.testing.assert_allclose(sharded.compartments["E1"], single.compartments["E1"], atol=1e-4)
 
 
+def test_insulation_tiled_over_devices_equals_one_device():
+    # GM12878 chr22 at 50 kb (1,027 bins, not divisible by 4): the balanced band comes out
+    # of analyze's band step with its rows split over the devices; each device sums the
+    # diamonds of its block with the window - 1 rows before it from its neighbour. Row
+    # sums do not depend on the blocks, so the scores are those of one device to 1e-6
+    from diffomics.datasets import gm12878_hic
+    from diffomics.hic import ice_balance, insulation, read_cool
+    from diffomics.hic._analysis import _balanced_band, _padded_bins, _padded_pixels
+
+    cmap = read_cool(gm12878_hic("chr22"))
+    mesh, n = data_mesh(), cmap.n_bins
+    weights = np.nan_to_num(ice_balance(cmap)[0])
+    n_pad = _padded_bins(n, mesh)
+    valid = np.r_[weights > 0, np.zeros(n_pad - n, bool)]
+    w = jnp.asarray(np.r_[weights, np.zeros(n_pad - n)], jnp.float32)
+    pixels = _padded_pixels(cmap, n_pad, mesh)
+    _, band, mask = _balanced_band(*pixels, w, valid, n_bins=n_pad, n_diags=40, mesh=mesh)
+    assert band.sharding.spec == PartitionSpec("data") and _n_devices(band) == 4
+    band, mask = np.asarray(band)[:n], np.asarray(mask)[:n]
+    for window in (3, 10, 20):
+        one = insulation(band, mask, window)
+        four = jax.jit(insulation, static_argnames=("window", "mesh"))(band, mask, window,
+                                                                      mesh=mesh)  # fmt: skip
+        np.testing.assert_allclose(four.n_pixels, one.n_pixels)
+        np.testing.assert_allclose(four.sum_balanced, one.sum_balanced, rtol=1e-6)
+        np.testing.assert_allclose(four.log2_score, one.log2_score, rtol=1e-6, atol=1e-7)
+    assert np.isfinite(one.log2_score).sum() > 600  # chr22 p arm is unmappable
+    # blocks of 3 rows are shorter than a window's 9 rows before a bin: one device
+    short = insulation(band[:12], mask[:12], 10, mesh=mesh)
+    np.testing.assert_allclose(short.log2_score, insulation(band[:12], mask[:12], 10).log2_score)
+
+
 def test_hic_regions_spread_over_the_devices_equal_one_device():
     # 22 mouse chromosomes at 10 Mb (cooler's test map): balanced with the pixels split over
     # the devices, then analysed at the same time, each chromosome whole on one device

@@ -16,12 +16,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
+from jax.sharding import NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
 from diffomics.core._checks import check_choice
 from diffomics.core._errors import ConfigError, CountsError, ShapeError
 from diffomics.core._numerics import default_float
-from diffomics.core._sharding import padded_size, shard_rows
+from diffomics.core._sharding import DATA_AXIS, padded_size, shard_rows, to_host
 from diffomics.hic._balance import ice, ice_filters
 from diffomics.hic._band import band_from_pixels, band_mask
 from diffomics.hic._compartments import cis_eigs, phase_eigs
@@ -54,16 +55,26 @@ _ice_jit = jax.jit(
 # one compiled program per bucketed size instead of one dispatch per operation: chromosome
 # after chromosome the per-call cost is then a few milliseconds
 _expected_jit = jax.jit(expected_cis, static_argnames=("n_diags", "ignore_diags"))
-_insulation_jit = jax.jit(insulation, static_argnames=("window", "ignore_diags"))
+_insulation_jit = jax.jit(insulation, static_argnames=("window", "ignore_diags", "mesh"))
 
 
-@functools.partial(jax.jit, static_argnames=("n_bins", "n_diags"))
-def _balanced_band(bin1, bin2, counts, weights, valid, *, n_bins, n_diags):
-    """Raw and balanced band of the pixels, and its mask of valid entries."""
+@functools.partial(jax.jit, static_argnames=("n_bins", "n_diags", "mesh"))
+def _balanced_band(bin1, bin2, counts, weights, valid, *, n_bins, n_diags, mesh=None):
+    """Raw and balanced band of the pixels, and its mask of valid entries.
+
+    With a mesh, the balanced band and the mask come out with their rows split over it
+    (insulation's blocks); the raw band, which dot calling reads on the host, is replicated.
+    """
     counts_band = band_from_pixels(bin1, bin2, counts, n_bins, n_diags)  # padded rows empty
     mask = band_mask(valid, n_diags)
     idx = jnp.minimum(jnp.arange(n_bins)[:, None] + jnp.arange(n_diags)[None, :], n_bins - 1)
-    return counts_band, counts_band * weights[:, None] * weights[idx], mask
+    balanced = counts_band * weights[:, None] * weights[idx]
+    if mesh is not None:
+        rows = NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+        balanced, mask = (jax.lax.with_sharding_constraint(a, rows) for a in (balanced, mask))
+        every = NamedSharding(mesh, PartitionSpec())
+        counts_band = jax.lax.with_sharding_constraint(counts_band, every)
+    return counts_band, balanced, mask
 
 
 # up to this many bins the full decomposition is as fast as LOBPCG and compiles 3 times
@@ -346,14 +357,14 @@ def analyze(
       mesh: a device mesh (`diffomics.core.data_mesh`): balancing, the expected and the
         band are computed from pixels split over its devices (one sum of the per-device
         marginals per ICE iteration). The dots' kernel sums are computed on tiles along
-        the diagonal, one tile per device (`call_dots`). The band itself (`n_bins x` its
-        diagonals), the insulation and compartments (one dense matrix of at most
-        `compartment_max_bins`) are not split: on row tiles of the band the insulation
-        took 8 s instead of 0.03 s (20,000 bins, 4 simulated devices; its sliding window
-        sums cross the tiles). With several regions (and a mesh of one process), the
-        balancing is split over pixels, then the regions are spread over the devices
-        (largest first, to the least loaded) and analysed at the same time, each whole on
-        its device (``result.regions[name].report["device"]``).
+        the diagonal, one tile per device (`call_dots`). The balanced band's rows are split
+        over the devices, and each device computes the insulation of its block of bins
+        (`insulation`). The raw band that dot calling reads, and the compartments (one
+        dense matrix of at most `compartment_max_bins`), are not split. With several
+        regions (and a mesh of one process), the balancing is split over pixels, then the
+        regions are spread over the devices (largest first, to the least loaded) and
+        analysed at the same time, each whole on its device
+        (``result.regions[name].report["device"]``).
         The tables equal the one-device ones up to float32 rounding. None (default): no
         placement.
 
@@ -610,7 +621,7 @@ def _analyze_map(
     n_diags = min(n, max(2 * w_max, max_dist + 2 * kw[0] + 1 if do_loops else 0))
     counts_band, balanced_band, mask = _balanced_band(
         b1, b2, counts, wj, np.r_[valid, np.zeros(n_pad - n, bool)], n_bins=n_pad,
-        n_diags=n_diags,
+        n_diags=n_diags, mesh=mesh,
     )  # fmt: skip
 
     steps.update()
@@ -620,9 +631,9 @@ def _analyze_map(
     table["is_bad_bin"] = ~valid
     boundaries = []
     for w in windows:
-        ins = _insulation_jit(balanced_band, mask, w // res, ignore_diags=ignore_diags)
-        table[f"log2_insulation_score_{w}"] = np.asarray(ins.log2_score, dtype=np.float64)[:n]
-        table[f"n_valid_pixels_{w}"] = np.asarray(ins.n_pixels, dtype=np.float64)[:n]
+        ins = _insulation_jit(balanced_band, mask, w // res, ignore_diags=ignore_diags, mesh=mesh)
+        table[f"log2_insulation_score_{w}"] = to_host(ins.log2_score).astype(np.float64)[:n]
+        table[f"n_valid_pixels_{w}"] = to_host(ins.n_pixels).astype(np.float64)[:n]
         strength = boundary_strength(
             table[f"log2_insulation_score_{w}"].to_numpy(),
             table[f"n_valid_pixels_{w}"].to_numpy(),
@@ -656,7 +667,7 @@ def _analyze_map(
     dots = None
     if do_loops:
         found = call_dots(
-            np.asarray(counts_band)[:n],
+            to_host(counts_band)[:n],
             weights,
             np.asarray(exp.balanced_avg)[:n_diags],
             resolution=res,

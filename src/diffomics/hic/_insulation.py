@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import Array
+from jax.sharding import PartitionSpec
+
+from diffomics.core._sharding import DATA_AXIS, padded_size
+
+if TYPE_CHECKING:
+    from jax.sharding import Mesh
 
 __all__ = [
     "Insulation",
@@ -35,20 +41,57 @@ class Insulation(NamedTuple):
 
 
 def _diamond_sum(x: Array, window: int, ignore_diags: int) -> Array:
-    """``sum_{0 <= a, b < window, a + b >= ignore_diags} A[k - a, k + b]`` from a band."""
+    """``sum_{0 <= a, b < window, a + b >= ignore_diags} A[k - a, k + b]`` from a band.
+
+    Row ``k - a`` of the band holds the diamond's pixels ``(k - a, k + b)`` on diagonals
+    ``a + b``: the sum over ``b`` is a difference of cumulative sums along that row (over at
+    most ``2 * window - 1`` diagonals), and the diamond adds ``window`` such row sums,
+    shifted. Differences of cumulative sums along the chromosome cancel in float32 (log2
+    scores off by 1e-2, and two empty diamonds given a tiny positive sum, on GM12878 chr22's
+    raw counts at 50 kb, 1,027 bins); sums along one row do not.
+    """
     n, n_diags = x.shape
-    csum = jnp.concatenate([jnp.zeros((1, n_diags), x.dtype), jnp.cumsum(x, axis=0)])
-    k = jnp.arange(n)
+    width = min(2 * window - 1, n_diags)
+    x = jnp.where(jnp.arange(width) >= ignore_diags, x[:, :width], 0.0)
+    csum = jnp.concatenate([jnp.zeros((n, 1), x.dtype), jnp.cumsum(x, axis=1)], axis=1)
     total = jnp.zeros(n, x.dtype)
-    for d in range(ignore_diags, min(2 * window - 1, n_diags)):
-        lo, hi = max(0, d - window + 1), min(d, window - 1)  # row offsets a on diagonal d
-        top = jnp.clip(k - lo + 1, 0, n)
-        bottom = jnp.clip(k - hi, 0, n)
-        total = total + csum[top, d] - csum[bottom, d]
+    for a in range(min(window, n)):
+        row = csum[:, min(a + window, width)] - csum[:, min(a, width)]  # diagonals a .. a+w-1
+        total = total + jnp.pad(row[: n - a], (a, 0))  # bin k reads row k - a
     return total
 
 
-def insulation(band: Array, mask: Array, window: int, *, ignore_diags: int = 2) -> Insulation:
+def _diamond_sums(x: Array, valid: Array, window: int, ignore_diags: int) -> tuple[Array, Array]:
+    """Diamond sums of the contacts and of the valid pixels."""
+    return _diamond_sum(x, window, ignore_diags), _diamond_sum(valid, window, ignore_diags)
+
+
+def _tiled_diamond_sums(x: Array, valid: Array, window: int, ignore_diags: int, mesh: Mesh):
+    """`_diamond_sums` with the band's rows split over the mesh, one block per device.
+
+    A bin's diamond reads its own row of the band and the ``window - 1`` rows above it, so
+    each device takes the last ``window - 1`` rows of the previous device's block
+    (``ppermute``; the first device gets zeros, rows before the matrix) and sums its own.
+    """
+    n, halo, n_dev = x.shape[0], window - 1, mesh.devices.size
+    n_pad = padded_size(n, mesh)
+    x, valid = (jnp.pad(a, ((0, n_pad - n), (0, 0))) for a in (x, valid))
+    shift = [(i, i + 1) for i in range(n_dev - 1)]
+
+    def block(xb, vb):
+        if halo:
+            xb, vb = (jnp.concatenate([jax.lax.ppermute(a[-halo:], DATA_AXIS, shift), a])
+                      for a in (xb, vb))  # fmt: skip
+        return tuple(s[halo:] for s in _diamond_sums(xb, vb, window, ignore_diags))
+
+    rows = PartitionSpec(DATA_AXIS)
+    sums = jax.shard_map(block, mesh=mesh, in_specs=(rows, rows), out_specs=(rows, rows))
+    return tuple(s[:n] for s in sums(x, valid))
+
+
+def insulation(
+    band: Array, mask: Array, window: int, *, ignore_diags: int = 2, mesh: Mesh | None = None
+) -> Insulation:
     """Diamond insulation score of every bin, as ``cooltools.insulation``.
 
     For bin ``k`` the diamond holds the pixels ``(k - a, k + b)`` with ``0 <= a, b < window``
@@ -59,11 +102,21 @@ def insulation(band: Array, mask: Array, window: int, *, ignore_diags: int = 2) 
     at least ``2 * window - 1`` diagonals, memory ``O(n_bins * n_diags)``, and is
     differentiable in the balanced contacts.
 
+    The diamond sums are differences of cumulative sums down each diagonal of the band.
+    With a `mesh`, the band is cut into one block of consecutive rows (a stretch of the
+    diagonal) per device, and each device sums its block plus the ``window - 1`` rows
+    before it, received from the previous device: memory per device is its block, and the
+    cumulative sums run over a block instead of the whole chromosome (so they differ from
+    the one-device sums by float rounding only).
+
     Args:
       band: balanced contacts, `(n_bins, n_diags)` (see `band_from_pixels`).
       mask: valid band entries, boolean `(n_bins, n_diags)` (see `band_mask`).
       window: diamond size in bins, >= 1.
       ignore_diags: diagonals left out of the diamond.
+      mesh: a device mesh (`diffomics.core.data_mesh`) whose devices each take a block of
+        rows; with blocks shorter than ``window - 1`` rows, or None (default), the whole
+        band on the default device.
 
     Returns:
       An `Insulation`.
@@ -81,8 +134,12 @@ def insulation(band: Array, mask: Array, window: int, *, ignore_diags: int = 2) 
       2
     """
     x = jnp.where(mask, band, 0.0)
-    total = _diamond_sum(x, window, ignore_diags)
-    n_pixels = _diamond_sum(mask.astype(x.dtype), window, ignore_diags)
+    valid = mask.astype(x.dtype)
+    n_dev = 1 if mesh is None else mesh.devices.size
+    if n_dev > 1 and padded_size(x.shape[0], mesh) // n_dev >= window - 1:
+        total, n_pixels = _tiled_diamond_sums(x, valid, window, ignore_diags, mesh)
+    else:
+        total, n_pixels = _diamond_sums(x, valid, window, ignore_diags)
     ok = (n_pixels > 0) & (total > 0)
     score = jnp.where(ok, total / jnp.where(ok, n_pixels, 1.0), 1.0)  # gradient-safe
     median = jnp.nanmedian(jnp.where(ok, score, jnp.nan))
