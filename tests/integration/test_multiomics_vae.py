@@ -1,6 +1,8 @@
 """`DifferentiableMultiOmicsVAE`, product of experts, likelihoods, `integrate`, metrics and
 `MultiOmicsEmbeddingSource`."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -294,6 +296,27 @@ def test_learnable_weights_stay_balanced_and_gradnorm_runs():
     assert not np.allclose(before, after) and abs(after.sum() - 2) < 1e-5
 
 
+def test_gradnorm_balances_the_weighted_gradient_norms():
+    # GradNorm moves the weights until every modality's weighted gradient norm at the
+    # shared latent is the mean one times its relative training rate (1 here, the losses
+    # being their own initial values): RNA counts of 1,000s against binary peaks start
+    # with norms far apart, and the GradNorm loss sum_m |w_m G_m - mean(w G)| (relative)
+    # falls from 0.68 to a floor of about 0.1 set by the sampled latent
+    from diffomics.operators._multiomics_vae import gradnorm_step
+
+    data = _data(n=64)
+    data["rna_counts"] = data["rna_counts"] * 300
+    g = _vae(modality_weight_mode="learnable", use_gradnorm=True)
+    g.eval()
+    terms = g.terms(data, exact=True)
+    initial = -(terms["log_likelihood"].sum(1) / terms["mask"].sum(1))
+    step = nnx.jit(gradnorm_step)
+    losses = [float(step(g, data, initial)) for _ in range(300)]
+    w = np.asarray(g.modality_weights())
+    assert np.mean(losses[-100:]) < 0.3 * losses[0], (losses[0], np.mean(losses[-100:]))
+    assert abs(w.sum() - 2) < 1e-5 and w[0] < 0.5 < 1.5 < w[1]  # the louder modality down
+
+
 def test_jeffreys_penalty_is_the_symmetric_kl_of_the_single_modality_posteriors():
     data = {**_data(), "atac_mask": np.r_[np.ones(20), np.zeros(4)].astype(np.float32)}
     with_penalty, without = _vae(seed=5), _vae(seed=5, modality_penalty="none")
@@ -339,6 +362,63 @@ def test_kl_scale_multiplies_every_kl_term():
 def test_bad_inputs_are_refused(change, error, match):
     with pytest.raises(error, match=match):
         _vae().apply({**_data(), **change}, {}, None)
+
+
+_LEARNABLE = {"modality_weight_mode": "learnable"}
+#: field -> (the base config's other settings, the change): each change must move the output
+CHANGES = {
+    "modality_dims": ({}, {"modality_dims": [12, 21]}),
+    "latent_dim": ({}, {"latent_dim": 4}),
+    "hidden_dim": ({}, {"hidden_dim": 8}),
+    "modality_weight_mode": ({}, _LEARNABLE),
+    "use_gradnorm": (_LEARNABLE, {"use_gradnorm": True}),
+    "modality_names": ({}, {"modality_names": ["gex", "peaks"]}),
+    "likelihoods": ({}, {"likelihoods": ["zinb", "bernoulli"]}),
+    "n_layers": ({}, {"n_layers": 1}),
+    "n_batches": ({}, {"n_batches": 2}),
+    "dropout_rate": ({}, {"dropout_rate": 0.5}),
+    "kl_weight": ({}, {"kl_weight": 0.5}),
+    "weight_penalty": (_LEARNABLE, {"weight_penalty": 1.0}),
+    "gradnorm_alpha": ({**_LEARNABLE, "use_gradnorm": True}, {"gradnorm_alpha": 0.5}),
+    "unimodal_elbo": ({}, {"unimodal_elbo": False}),
+    "subset_sampling": ({}, {"subset_sampling": False}),
+    "modality_penalty": ({}, {"modality_penalty": "none"}),
+}
+
+
+def _summary(config: MultiOmicsVAEConfig) -> tuple:
+    """Output keys, rounded sums, loss, parameter count and a GradNorm step of a fixed model."""
+    from diffomics.operators._multiomics_vae import gradnorm_step
+
+    rng = np.random.default_rng(0)
+    (rna, atac), n = config.modality_dims, 24
+    gex, peaks = config.names
+    data = {f"{gex}_counts": rng.poisson(3.0, (n, rna)).astype(np.float32),
+            f"{peaks}_counts": (rng.random((n, atac)) < 0.3).astype(np.float32),
+            f"{peaks}_mask": np.r_[np.ones(n - 4), np.zeros(4)].astype(np.float32),
+            "batch": np.arange(n) % 2}  # fmt: skip
+    vae = DifferentiableMultiOmicsVAE(config, rngs=nnx.Rngs(0))  # training mode: noise, dropout
+    if config.modality_weight_mode == "learnable":  # weights off the uniform start
+        vae.weight_logits[...] = jnp.array([0.4, -0.4])
+    out = vae.outputs(data)
+    summary = [*sorted(out), *(round(float(jnp.sum(v)), 4) for v in out.values())]
+    summary += [round(float(vae.loss(data)), 4),
+                sum(v.size for v in jax.tree.leaves(nnx.state(vae, nnx.Param)))]  # fmt: skip
+    if config.use_gradnorm:
+        summary.append(round(float(gradnorm_step(vae, data, jnp.array([1.0, 3.0]))), 4))
+    return tuple(summary)
+
+
+def test_every_config_field_is_tested():
+    assert {f.name for f in dataclasses.fields(MultiOmicsVAEConfig)} == set(CHANGES)
+
+
+@pytest.mark.parametrize("field", sorted(CHANGES))
+def test_every_config_field_changes_the_output(field):
+    settings_, change = CHANGES[field]
+    base = MultiOmicsVAEConfig(**{"modality_dims": [12, 20], "latent_dim": 3, "hidden_dim": 16,
+                                  **settings_})  # fmt: skip
+    assert _summary(dataclasses.replace(base, **change)) != _summary(base)
 
 
 @pytest.mark.parametrize(
@@ -398,10 +478,11 @@ def test_save_and_load_give_the_same_latent(snare, tmp_path):
 
     data, model = snare
     model.save(tmp_path / "m")
-    loaded = IntegrationModel.load(tmp_path / "m", {k: v for k, v in data.items()})
-    loaded.scales = model.scales
-    # the loaded model standardises nothing itself: compare on the training inputs
-    np.testing.assert_allclose(loaded.latent(data=model.data), model.latent(), atol=1e-5)
+    # the loaded model standardises the (Gaussian) data with the saved means and sds
+    loaded = IntegrationModel.load(tmp_path / "m", {k: v.copy() for k, v in data.items()})
+    np.testing.assert_allclose(loaded.latent(), model.latent(), atol=1e-5)
+    np.testing.assert_allclose(loaded.impute("atac", ["rna"]), model.impute("atac", ["rna"]),
+                               rtol=1e-4, atol=1e-4)  # fmt: skip
 
 
 def test_early_stopping_restores_the_lowest_validation_loss_and_warms_up_the_kl(snare):
@@ -608,6 +689,94 @@ def test_predicted_library_is_the_depth_regressed_on_the_source_modalities():
         model.impute("protein", ["rna"], library="mean")
 
 
+def test_integrate_repeats_with_its_seed_and_changes_with_another():
+    kwargs = {"hidden_dim": 16, "n_layers": 1, "batch_size": 32, "max_epochs": 3,
+              "progress": False}  # fmt: skip
+    a, b = integrate(_mods(), **kwargs), integrate(_mods(), **kwargs)
+    np.testing.assert_array_equal(a.latent(), b.latent())
+    assert not np.allclose(integrate(_mods(), seed=1, **kwargs).latent(), a.latent())
+
+
+def test_integrate_runs_gradnorm_on_the_modality_weights():
+    kwargs = {"hidden_dim": 16, "n_layers": 1, "batch_size": 32, "max_epochs": 5,
+              "modality_weight_mode": "learnable", "progress": False}  # fmt: skip
+    by_loss = integrate(_mods(), **kwargs).report["modality_weights"]
+    by_gradnorm = integrate(_mods(), use_gradnorm=True, **kwargs).report["modality_weights"]
+    assert abs(sum(by_gradnorm) - 2) < 1e-3 and not np.allclose(by_gradnorm, 1.0, atol=0.02)
+    assert not np.allclose(by_gradnorm, by_loss, atol=0.02)
+
+
+def _batch_mods(n=240, seed=0):
+    # two cell groups in two batches; batch b1 has 5x the counts of RNA genes 10-29 and
+    # opens ATAC peaks 20-39 (0.5 against 0.1)
+    import anndata as ad
+
+    rng = np.random.default_rng(seed)
+    group, batch = rng.integers(0, 2, n), rng.integers(0, 2, n)
+    rate = np.ones((n, 30))
+    rate[:, :10] *= np.where(group[:, None] == 1, 6.0, 1.0)
+    rate[:, 10:] *= np.where(batch[:, None] == 1, 5.0, 1.0)
+    p = np.full((n, 40), 0.1)
+    p[:, :15] = np.where(group[:, None] == 1, 0.6, 0.1)
+    p[:, 20:] = np.where(batch[:, None] == 1, 0.5, 0.1)
+    obs = pd.DataFrame({"batch": [f"b{b}" for b in batch], "group": group},
+                       index=[f"c{i}" for i in range(n)])  # fmt: skip
+    return {"rna": ad.AnnData(rng.poisson(rate).astype(np.float32), obs=obs),
+            "atac": ad.AnnData((rng.random((n, 40)) < p).astype(np.float32), obs=obs)}
+
+
+def test_batch_covariate_explains_a_planted_batch_effect(tmp_path):
+    from diffomics.core._errors import MissingKeyError
+    from diffomics.integration import IntegrationModel
+
+    data = _batch_mods()
+    model = integrate(data, batch_key="batch", max_epochs=60, batch_size=32, hidden_dim=32,
+                      n_layers=1, n_epochs_kl_warmup=10, progress=False)  # fmt: skip
+    assert model.report["batch_categories"] == ["b0", "b1"]
+    z = model.latent()
+    assert knn_label_accuracy(z, data["rna"].obs["group"]) > 0.8
+    # the decoder explains the batch effect through the covariate: the cells' own batches
+    # fit better than the swapped ones, and decoding the same latent as b1 rather than b0
+    # raises genes 10-29 against genes 0-9 by about the planted 5x
+    x = jnp.asarray(data["rna"].X)
+    own = (data["rna"].obs["batch"] == "b1").to_numpy().astype(int)
+    decoder = model.module.decoders[0]
+
+    def decode(codes):
+        return decoder(jnp.asarray(z), jax.nn.one_hot(codes, 2), x, x.sum(1))
+
+    assert float(decode(own)[0].sum() - decode(1 - own)[0].sum()) > 2 * len(own)  # nats
+    b0, b1 = (np.asarray(decode(np.full(len(own), b))[1]) for b in (0, 1))
+    fold = (b1[:, 10:].sum(1) / b1[:, :10].sum(1)) / (b0[:, 10:].sum(1) / b0[:, :10].sum(1))
+    assert 2.5 < np.median(fold) < 12.5
+    # saved and loaded, new data are coded by the saved batch labels
+    loaded = IntegrationModel.load(model.save(tmp_path / "m"), _batch_mods())
+    np.testing.assert_allclose(loaded.latent(), z, atol=1e-5)
+    other = _batch_mods()
+    other["rna"].obs["batch"] = other["atac"].obs["batch"] = "b7"
+    with pytest.raises(MissingKeyError, match="b7"):
+        IntegrationModel.load(tmp_path / "m", other)
+    other["rna"].obs["batch"] = other["atac"].obs["batch"] = None
+    with pytest.raises(MissingKeyError, match="batch label"):
+        integrate(other, batch_key="batch", max_epochs=1, progress=False)
+
+
+def test_mudata_input_gets_the_latent_and_left_out_cells_nan_rows():
+    mudata = pytest.importorskip("mudata")
+    mods = _mods()
+    mods["atac"] = mods["atac"][10:].copy()  # 10 cells have RNA only
+    mdata = mudata.MuData(mods)
+    with pytest.warns(UserWarning, match="10 cells"):
+        model = integrate(mdata, hidden_dim=16, n_layers=1, max_epochs=2, progress=False)
+    assert model.report["n_cells"] == 70
+    rna = mdata.mod["rna"].obsm["X_diffomics"]
+    assert rna.shape == (80, 10) and np.isnan(rna[:10]).all() and np.isfinite(rna[10:]).all()
+    np.testing.assert_array_equal(mdata.mod["atac"].obsm["X_diffomics"], rna[10:])
+    joint, pos = mdata.obsm["X_diffomics"], model.cells.get_indexer(mdata.obs_names)
+    np.testing.assert_array_equal(joint[pos >= 0], model.latent()[pos[pos >= 0]])
+    assert (pos < 0).sum() == 10 and np.isnan(joint[pos < 0]).all()
+
+
 def test_cells_that_do_not_match_are_refused():
     from diffomics.datasets import snareseq_celllines
 
@@ -648,3 +817,13 @@ def test_embedding_source_aligns_and_refuses_mismatches(tmp_path):
     (tmp_path / "ids.txt").write_text("d\nd\nb\na\n")
     with pytest.raises(ShapeError, match="duplicated"):
         MultiOmicsEmbeddingSource(MultiOmicsEmbeddingConfig(embeddings=specs)).load()
+    # a .parquet table indexed by sample id, rows in another order
+    pytest.importorskip("pyarrow")
+    table = pd.DataFrame(np.arange(8.0).reshape(4, 2), index=["c", "a", "d", "b"],
+                         columns=["pc1", "pc2"])  # fmt: skip
+    table.to_parquet(tmp_path / "protein.parquet")
+    specs = (specs[0], EmbeddingSpec(modality="protein", path=tmp_path / "protein.parquet"))
+    out = MultiOmicsEmbeddingSource(MultiOmicsEmbeddingConfig(embeddings=specs)).load()
+    np.testing.assert_array_equal(out["protein"], [[2.0, 3.0], [6.0, 7.0], [0.0, 1.0],
+                                                   [4.0, 5.0]])  # a, b, c, d  # fmt: skip
+    assert out["provenance"]["protein"]["file"].endswith("protein.parquet")

@@ -158,6 +158,56 @@ def _column_moments(x, seen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean.astype(f), np.where(sd > 0, sd, 1.0).astype(f)
 
 
+def _batch_labels(mods: dict, cells: pd.Index, batch_key: str) -> np.ndarray:
+    """Each cell's label in ``obs[batch_key]``, from the first modality that holds the cell."""
+    holding = [a for a in mods.values() if batch_key in a.obs]
+    if not holding:
+        msg = f"batch_key {batch_key!r} is not a column of the obs of any modality ({list(mods)})."
+        raise MissingKeyError(msg)
+    labels = pd.Series(np.nan, index=cells, dtype=object)
+    for adata in holding:
+        labels = labels.fillna(adata.obs[batch_key].astype(object).reindex(cells))
+    if labels.isna().any():
+        missing = labels.index[labels.isna()]
+        msg = (f"batch_key {batch_key!r}: every cell needs a batch label; found "
+               f"{len(missing)} without one (e.g. {list(missing[:3])}).")  # fmt: skip
+        raise MissingKeyError(msg)
+    return labels.astype(str).to_numpy()
+
+
+def _fit_scales(config, matrices: dict, masks: dict) -> dict:
+    """``{name: (mean, sd)}`` of the Gaussian modalities over the cells that have them."""
+    return {name: _column_moments(matrices[name], masks[name] > 0)
+            for name, lik in zip(config.names, config.likelihood_list, strict=True)
+            if lik == "gaussian"}  # fmt: skip
+
+
+def _model_inputs(config, mods, cells, matrices, masks, *, batch_key, categories, scales):
+    """The module's inputs: the `scales` modalities standardised, batches coded by `categories`.
+
+    The same preparation for training (`integrate`) and for data given to a loaded model
+    (`IntegrationModel.load`), which uses the scales and batches saved with it.
+    """
+    f = default_float()
+    for name, (mean, sd) in scales.items():
+        x, seen = matrices[name], masks[name] > 0
+        if isinstance(x, StreamedRows):
+            x.scale = (mean, sd)
+        else:
+            matrices[name] = np.where(seen[:, None], (x - mean) / sd, 0.0).astype(f)
+    batch = None
+    if categories is not None:
+        labels = _batch_labels(mods, cells, batch_key)
+        codes = pd.Index(categories).get_indexer(labels)
+        if (codes < 0).any():
+            unknown = sorted(set(labels[codes < 0]))[:5]
+            msg = (f"batch_key {batch_key!r}: labels {unknown} are not among the model's "
+                   f"batches {categories}.")  # fmt: skip
+            raise MissingKeyError(msg)
+        batch = codes.astype(np.int32)
+    return _inputs(config.names, matrices, masks, batch)
+
+
 def _align(mods: dict, join: str) -> tuple[pd.Index, dict, dict, dict]:
     """Cells (by obs_names) and, per modality, a dense matrix and an observed mask.
 
@@ -221,6 +271,8 @@ class IntegrationModel:
         ``best_epoch``, ``best_validation_loss`` (of the monitored loss),
         ``stopped_early``) and timings.
       scales: ``{name: (mean, sd)}`` of the standardised Gaussian modalities.
+      batch_key: the ``obs`` column of the batch covariate (None: no batches).
+      batch_categories: the batch labels, sorted; batch ``k`` of the module is the ``k``-th.
     """
 
     module: DifferentiableMultiOmicsVAE
@@ -229,6 +281,8 @@ class IntegrationModel:
     history: pd.DataFrame
     report: dict
     scales: dict = dataclasses.field(default_factory=dict)
+    batch_key: str | None = None
+    batch_categories: list[str] | None = None
 
     @property
     def names(self) -> list[str]:
@@ -365,11 +419,21 @@ class IntegrationModel:
         return np.column_stack(columns)
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the config and parameters to folder `path` (``config.json``, ``state.npz``)."""
+        """Write the model to folder `path`.
+
+        ``config.json`` (the module's config), ``state.npz`` (its parameters) and
+        ``setup.json`` (how data are prepared for it: the batch key and labels, the means
+        and sds of the standardised modalities), so that `load` embeds new data as
+        `integrate` embedded the training cells.
+        """
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         config = dataclasses.asdict(self.module.config)
         (path / "config.json").write_text(json.dumps(config, indent=2))
+        setup = {"batch_key": self.batch_key, "batch_categories": self.batch_categories,
+                 "scales": {name: [np.asarray(a, np.float64).tolist() for a in pair]
+                            for name, pair in self.scales.items()}}  # fmt: skip
+        (path / "setup.json").write_text(json.dumps(setup))
         state = nnx.state(self.module, nnx.Param)
         leaves = {"/".join(map(str, k)): np.asarray(v) for k, v in _flat(state)}
         np.savez(path / "state.npz", **leaves)
@@ -377,7 +441,12 @@ class IntegrationModel:
 
     @classmethod
     def load(cls, path: str | os.PathLike, data=None, *, join: str = "inner") -> IntegrationModel:
-        """Rebuild a model saved by `save`; `data` (MuData / dict of AnnData) to embed."""
+        """Rebuild a model saved by `save`; `data` (MuData / dict of AnnData) to embed.
+
+        `data` is prepared as the training data were: Gaussian modalities standardised with
+        the saved means and sds, batches coded by the saved labels (a label the model was
+        not trained on raises `MissingKeyError`).
+        """
         from diffomics.operators._multiomics_vae import (  # noqa: PLC0415 - import cycle
             DifferentiableMultiOmicsVAE,
             MultiOmicsVAEConfig,
@@ -391,11 +460,19 @@ class IntegrationModel:
         for key, var in _flat(state):
             var[...] = stored["/".join(map(str, key))]
         nnx.update(module, state)
+        setup = json.loads((path / "setup.json").read_text())
+        f = default_float()
+        scales = {name: tuple(np.asarray(a, f) for a in pair)
+                  for name, pair in setup["scales"].items()}  # fmt: skip
+        key, categories = setup["batch_key"], setup["batch_categories"]
         cells, inputs = pd.Index([]), {}
         if data is not None:
-            cells, matrices, masks, _ = _align(_modalities(data), join)
-            inputs = _inputs(config.names, matrices, masks)
-        return cls(module, cells, inputs, pd.DataFrame(), {"loaded_from": str(path)})
+            mods = _modalities(data)
+            cells, matrices, masks, _ = _align(mods, join)
+            inputs = _model_inputs(config, mods, cells, matrices, masks, batch_key=key,
+                                   categories=categories, scales=scales)  # fmt: skip
+        return cls(module, cells, inputs, pd.DataFrame(), {"loaded_from": str(path)}, scales,
+                   key, categories)  # fmt: skip
 
 
 #: What early stopping may watch (scvi-tools' names): the validation loss (negative ELBO
@@ -565,7 +642,9 @@ def integrate(
     more than `min_delta` nats (the reference being the last loss that did), and the
     parameters of the epoch with the lowest monitored loss are restored (scvi-tools keeps
     the last epoch's unless asked to checkpoint). Writes the joint latent to
-    ``obsm["X_diffomics"]`` of every AnnData (and of the MuData) for the cells it holds.
+    ``obsm["X_diffomics"]`` of every AnnData (and of the MuData), one row per cell; the
+    rows of cells left out of the model (``join="inner"``, with the warning naming them)
+    are NaN.
 
     Args:
       data: a MuData, or a dict ``{name: AnnData}``; each ``X`` holds that modality
@@ -679,15 +758,7 @@ def integrate(
         msg = f"likelihoods names {sorted(unknown)} are not modalities ({names})."
         raise MissingKeyError(msg)
     default = MultiOmicsVAEConfig(modality_dims=[1] * len(names), modality_names=names)
-    batch, n_batches = None, 0
-    if batch_key is not None:
-        first = mods[names[0]]
-        if batch_key not in first.obs:
-            msg = f"batch_key {batch_key!r} is not a column of {names[0]}.obs."
-            raise MissingKeyError(msg)
-        labels = first.obs[batch_key].reindex(cells)
-        codes, uniques = pd.factorize(labels.astype(str))
-        batch, n_batches = codes.astype(np.int32), len(uniques)
+    categories = None if batch_key is None else sorted(set(_batch_labels(mods, cells, batch_key)))
     config = MultiOmicsVAEConfig(
         modality_dims=[matrices[n].shape[1] for n in names],
         modality_names=names,
@@ -696,26 +767,19 @@ def integrate(
         latent_dim=latent_dim,
         hidden_dim=hidden_dim,
         n_layers=n_layers,
-        n_batches=n_batches,
+        n_batches=len(categories or []),
         modality_weight_mode=modality_weight_mode,
         use_gradnorm=use_gradnorm,
         modality_penalty=modality_penalty,
         subset_sampling=subset_sampling,
     )
-    scales = {}
+    scales = _fit_scales(config, matrices, masks) if standardize else {}
+    inputs = _model_inputs(config, mods, cells, matrices, masks, batch_key=batch_key,
+                           categories=categories, scales=scales)  # fmt: skip
     if standardize:
-        f = default_float()
-        for name, lik in zip(names, config.likelihood_list, strict=True):
-            if lik == "gaussian":
-                x, seen = matrices[name], masks[name] > 0
-                mean, sd = _column_moments(x, seen)
-                if isinstance(x, StreamedRows):
-                    x.scale = (mean, sd)
-                else:
-                    matrices[name] = np.where(seen[:, None], (x - mean) / sd, 0.0).astype(f)
-                scales[name] = (mean, sd)
         report["standardized"] = sorted(scales)
-    inputs = _inputs(names, matrices, masks, batch)
+    if batch_key is not None:
+        report["batch_categories"] = categories
     module = DifferentiableMultiOmicsVAE(config, rngs=nnx.Rngs(params=seed, noise=seed + 1,
                                                                dropout=seed + 2))  # fmt: skip
     for chunk in _chunks(inputs):  # a backed modality is read once, a chunk at a time
@@ -774,9 +838,10 @@ def integrate(
     graph = StaticGraph(graphdef)
     if mesh is not None:  # parameters, optimiser state and random keys on every device
         state = replicate(state, mesh)
-    show = progress if progress is not None else None
     first = len(history)
-    bar = tqdm(range(first, first if stopped else max_epochs), disable=show is False,
+    # tqdm's disable=None: shown only when stderr is a terminal
+    bar = tqdm(range(first, first if stopped else max_epochs),
+               disable=None if progress is None else not progress,
                desc="integrate", unit="epoch", initial=first, total=max_epochs)  # fmt: skip
     for epoch in bar:
         start = time.perf_counter()
@@ -853,12 +918,18 @@ def integrate(
                                        "validation_reconstruction_loss"]),
         report,
         scales,
+        batch_key,
+        categories,
     )  # fmt: skip
     z = model.latent()
-    for adata in mods.values():
-        pos = cells.get_indexer(adata.obs_names)
-        if (pos >= 0).all():
-            adata.obsm["X_diffomics"] = z[pos]
-    if hasattr(data, "mod") and cells.equals(pd.Index(data.obs_names)):
-        data.obsm["X_diffomics"] = z
+    for adata in [*mods.values(), *([data] if hasattr(data, "mod") else [])]:
+        adata.obsm["X_diffomics"] = _rows_of(z, cells, adata.obs_names)
     return model
+
+
+def _rows_of(z: np.ndarray, cells: pd.Index, names) -> np.ndarray:
+    """The rows of `z` (one per cell of `cells`) for the cells `names`; NaN for the others."""
+    pos = cells.get_indexer(names)
+    out = np.full((len(pos), z.shape[1]), np.nan, z.dtype)
+    out[pos >= 0] = z[pos[pos >= 0]]
+    return out

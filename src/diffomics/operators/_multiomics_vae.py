@@ -619,7 +619,10 @@ def gradnorm_step(model: DifferentiableMultiOmicsVAE, data, initial_losses: Arra
     of the gradient of ``w_m L_m`` with respect to the joint latent sample (the layer all
     modalities share), the weights move to reduce ``sum_m |G_m - mean(G) r_m^alpha|``,
     where ``r_m`` is ``L_m / L_m(0)`` relative to its mean (modalities that train slower get
-    more weight); they are renormalised to sum to the number of modalities.
+    more weight); they are renormalised to sum to the number of modalities. The objective
+    is divided by the sum of its targets, so that a plain gradient step of `learning_rate`
+    moves the weights at the same pace whatever the scale of the gradient norms (the paper
+    steps the raw objective with Adam, which is scale-free too).
 
     Args:
       model: a model configured with ``use_gradnorm=True``.
@@ -628,7 +631,7 @@ def gradnorm_step(model: DifferentiableMultiOmicsVAE, data, initial_losses: Arra
       learning_rate: step size on the weights.
 
     Returns:
-      The GradNorm loss before the update.
+      The GradNorm loss before the update, relative to ``sum_m mean(G) r_m^alpha``.
 
     References:
       Chen, Badrinarayanan, Lee & Rabinovich, "GradNorm: gradient normalization for adaptive
@@ -650,9 +653,9 @@ def gradnorm_step(model: DifferentiableMultiOmicsVAE, data, initial_losses: Arra
     relative = (ratio / jnp.mean(ratio)) ** c.gradnorm_alpha
     target = jax.lax.stop_gradient(jnp.mean(w * norms) * relative)
 
-    def objective(logits):
-        weights = len(xs) * jax.nn.softmax(logits)
-        return jnp.sum(jnp.abs(weights * jax.lax.stop_gradient(norms) - target))
+    def objective(logits):  # relative to the target's scale: steps of `learning_rate` in
+        weights = len(xs) * jax.nn.softmax(logits)  # the logits whatever the norms' units
+        return jnp.sum(jnp.abs(weights * jax.lax.stop_gradient(norms) - target)) / jnp.sum(target)
 
     value, grad = jax.value_and_grad(objective)(model.weight_logits[...])
     model.weight_logits[...] = model.weight_logits[...] - learning_rate * grad
