@@ -1,10 +1,9 @@
 """The same seed gives bitwise-identical results; a different seed changes what is random.
 
-Deconvolution (`tests/spatial/test_deconvolve.py`), the VAE's noise
-(`tests/integration/test_multiomics_vae.py`) and the HMM fit (`tests/epigenomics`) have
-their own seed tests; here: the spatial-gene test (its permutation null), Hi-C (no
-randomness: two runs are identical) and `integrate` (initialisation, split, shuffling,
-noise).
+Deconvolution (`tests/spatial/test_deconvolve.py`), the VAE's noise and `integrate`
+(initialisation, split, shuffling, noise; `tests/integration/test_multiomics_vae.py`) and
+the HMM fit (`tests/epigenomics`) have their own seed tests; here: the spatial-gene test
+(its permutation null) and Hi-C (no randomness: two runs are identical).
 """
 
 import numpy as np
