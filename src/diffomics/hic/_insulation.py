@@ -102,12 +102,11 @@ def insulation(
     at least ``2 * window - 1`` diagonals, memory ``O(n_bins * n_diags)``, and is
     differentiable in the balanced contacts.
 
-    The diamond sums are differences of cumulative sums down each diagonal of the band.
-    With a `mesh`, the band is cut into one block of consecutive rows (a stretch of the
-    diagonal) per device, and each device sums its block plus the ``window - 1`` rows
-    before it, received from the previous device: memory per device is its block, and the
-    cumulative sums run over a block instead of the whole chromosome (so they differ from
-    the one-device sums by float rounding only).
+    A diamond sum adds ``window`` partial sums along rows of the band. With a `mesh`, the
+    band is cut into one block of consecutive rows (a stretch of the diagonal) per device,
+    and each device sums the diamonds of its block from its rows and the ``window - 1``
+    rows before it, received from the previous device: memory per device is its block,
+    and the sums are the one-device sums (to float rounding).
 
     Args:
       band: balanced contacts, `(n_bins, n_diags)` (see `band_from_pixels`).

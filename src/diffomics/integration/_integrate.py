@@ -460,7 +460,9 @@ class IntegrationModel:
         for key, var in _flat(state):
             var[...] = stored["/".join(map(str, key))]
         nnx.update(module, state)
-        setup = json.loads((path / "setup.json").read_text())
+        stored_setup = path / "setup.json"  # absent in models saved before it was written
+        setup = (json.loads(stored_setup.read_text()) if stored_setup.exists()
+                 else {"scales": {}, "batch_key": None, "batch_categories": None})  # fmt: skip
         f = default_float()
         scales = {name: tuple(np.asarray(a, f) for a in pair)
                   for name, pair in setup["scales"].items()}  # fmt: skip
@@ -643,8 +645,7 @@ def integrate(
     parameters of the epoch with the lowest monitored loss are restored (scvi-tools keeps
     the last epoch's unless asked to checkpoint). Writes the joint latent to
     ``obsm["X_diffomics"]`` of every AnnData (and of the MuData), one row per cell; the
-    rows of cells left out of the model (``join="inner"``, with the warning naming them)
-    are NaN.
+    rows of cells left out of the model (by ``join="inner"``, which warns how many) are NaN.
 
     Args:
       data: a MuData, or a dict ``{name: AnnData}``; each ``X`` holds that modality
