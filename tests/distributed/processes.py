@@ -13,6 +13,9 @@ it saw to ``--out``:
 - ``proportions_<rank>.npy`` and ``loss_<rank>.npy``: `deconvolve` (NB, background) of 79
   seqFISH+ pseudo-spots, split over the same mesh, 100 Adam steps; ``chunked_<rank>.npy``:
   the same spots (NB, no background) fitted in chunks of 30, each split over the mesh;
+  ``spot_reads_<rank>.json``: the ``(start, stop)`` of every read of spots in both fits;
+  ``errors_<rank>.json``: what each process raised for a NaN in cell 200 (`integrate`) and
+  a negative count in spot 77 (`deconvolve`);
 - ``svg_<rank>.npy``: `spatial_genes` of 150 genes of the mouse olfactory bulb, the genes
   split over the mesh (LLR, FSV, p-value);
 - ``hic_<rank>.npz``: `hic.analyze` of GM12878 chr20 at 25 kb (balancing and expected from
@@ -32,6 +35,7 @@ from diffomics.datasets import gm12878_hic, mouse_olfactory_bulb, seqfish_cortex
 from diffomics.hic import analyze
 from diffomics.integration import integrate
 from diffomics.integration._integrate import _place
+from diffomics.spatial import _analyses as analyses
 from diffomics.spatial import deconvolve, pool_pseudo_spots, spatial_genes
 
 
@@ -74,9 +78,25 @@ def main() -> None:
     columns = ["train_loss", "validation_loss", "validation_reconstruction_loss"]
     np.save(args.out / f"history_{args.rank}.npy", model.history[columns].to_numpy())
     np.save(args.out / f"latent_{args.rank}.npy", model.latent())
+    errors = []
+    bad = {name: adata.to_memory() for name, adata in mods.items()}
+    bad["rna"].X[200, 0] = np.nan  # a cell of the second process's block of checks
+    try:
+        integrate(bad, likelihoods={"rna": "gaussian", "atac": "gaussian"}, max_epochs=1,
+                  progress=False, mesh=mesh)  # fmt: skip
+    except ValueError as e:
+        errors.append([type(e).__name__, str(e)])
 
     cells, reference = seqfish_cortex()
     spots = pool_pseudo_spots(cells, "cell_type", spot_size=500.0)
+    spot_reads = []
+    spot_reader = analyses._spot_reader
+
+    def spied_reader(*args, **kwargs):  # records the (start, stop) of every read of spots
+        read = spot_reader(*args, **kwargs)
+        return lambda start, stop: spot_reads.append([int(start), int(stop)]) or read(start, stop)
+
+    analyses._spot_reader = spied_reader
     result = deconvolve(spots, reference, "cell_type", likelihood="nb", background=True,
                         max_steps=100, progress=False, mesh=mesh)  # fmt: skip
     np.save(args.out / f"proportions_{args.rank}.npy", result.proportions.to_numpy())
@@ -84,6 +104,15 @@ def main() -> None:
     chunked = deconvolve(spots, reference, "cell_type", likelihood="nb", chunk_size=30,
                          max_steps=100, progress=False, mesh=mesh)  # fmt: skip
     np.save(args.out / f"chunked_{args.rank}.npy", chunked.proportions.to_numpy())
+    (args.out / f"spot_reads_{args.rank}.json").write_text(json.dumps(spot_reads))
+    bad = spots.copy()
+    bad.X[77] = -1.0  # a spot of the second process's devices
+    try:
+        deconvolve(bad, reference, "cell_type", chunk_size=30, max_steps=1, progress=False,
+                   mesh=mesh)  # fmt: skip
+    except ValueError as e:
+        errors.append([type(e).__name__, str(e)])
+    (args.out / f"errors_{args.rank}.json").write_text(json.dumps(errors))
 
     bulb = mouse_olfactory_bulb()[:, :150].copy()
     table = spatial_genes(bulb, n_lengthscales=4, n_smoothed=0, progress=False, mesh=mesh)

@@ -142,7 +142,8 @@ def test_two_processes_read_only_their_cells_and_compute_as_one(tmp_path):
     # one process with 4 devices. Each process reads only the cells of its own devices; both
     # end with the same model, which matches the one-process run to 1e-4 (float32 sums over
     # devices in another order); so do the deconvolution's proportions (all spots at once,
-    # and in chunks), the GP test's statistics and the Hi-C weights, expected and loops
+    # and in chunks, each process reading only its spots), the GP test's statistics and the
+    # Hi-C weights, expected and loops
     from diffomics.datasets import snareseq_celllines
 
     data = tmp_path / "data"
@@ -178,6 +179,19 @@ def test_two_processes_read_only_their_cells_and_compute_as_one(tmp_path):
     np.testing.assert_allclose(load(2, "proportions"), load(1, "proportions"), atol=1e-4)
     np.testing.assert_allclose(load(2, "loss"), load(1, "loss"), rtol=1e-4)
     np.testing.assert_allclose(load(2, "chunked"), load(1, "chunked"), atol=1e-4)
+    # each process read only the spots of its devices: 79 spots at once (80 rows, 40 per
+    # process) and in chunks of 30 (32 rows, 16 per process), padding repeating a spot
+    spots = {r: set().union(*(range(a, b) for a, b in json.loads(
+        (runs[2] / f"spot_reads_{r}.json").read_text()))) for r in (0, 1)}  # fmt: skip
+    assert spots[0] == {*range(40), *range(30, 46), *range(60, 76)}
+    assert spots[1] == {*range(40, 79), *range(16, 30), *range(46, 60)}
+    # a NaN among the cells the second process checks, a bad count among its spots: both
+    # processes raise (the first naming the second), not one while the other waits
+    errors = [json.loads((runs[2] / f"errors_{r}.json").read_text()) for r in (0, 1)]
+    for k, kind in enumerate(("NonFiniteError", "CountsError")):
+        assert errors[0][k][0] == errors[1][k][0] == kind, errors
+        assert "process 1" in errors[0][k][1]
+    assert "77" in errors[1][1][1]
     # the GP test with the genes split over the processes: the same statistics
     svg = {n: load(n, "svg") for n in (1, 2)}
     np.testing.assert_array_equal(load(2, "svg", 1), svg[2])

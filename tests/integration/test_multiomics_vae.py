@@ -790,6 +790,16 @@ def test_cells_that_do_not_match_are_refused():
         integrate(data, progress=False)
 
 
+def test_a_nan_is_named_by_its_cell_before_standardising():
+    # checked on the raw values: standardised first, the NaN would spread over its column
+    from diffomics.datasets import snareseq_celllines
+
+    data = snareseq_celllines()
+    data["rna"].X[200, 0] = np.nan
+    with pytest.raises(NonFiniteError, match=r"1 non-finite .*\(200, 0\)"):
+        integrate(data, likelihoods={"rna": "gaussian", "atac": "gaussian"}, progress=False)
+
+
 def test_embedding_source_aligns_and_refuses_mismatches(tmp_path):
     from diffomics.sources import (
         EmbeddingSpec,

@@ -26,6 +26,7 @@ import numpy as np
 import scipy.sparse
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from diffomics.core import _errors
 from diffomics.core._errors import ConfigError, ShapeError
 
 __all__ = [
@@ -33,10 +34,13 @@ __all__ = [
     "data_mesh",
     "pad_rows",
     "padded_size",
+    "process_rows",
+    "raise_in_every_process",
     "replicate",
     "row_weights",
     "shard_rows",
     "shard_rows_from",
+    "sum_over_processes",
     "to_host",
 ]
 
@@ -263,3 +267,102 @@ def _replicated(a, sharding: NamedSharding) -> jax.Array:
         return jax.random.wrap_key_data(data, impl=jax.random.key_impl(a))
     host = np.asarray(a)
     return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
+def process_rows(n_rows: int, mesh: Mesh) -> slice:
+    """The rows of an `n_rows`-row array split over `mesh` that this process's devices hold.
+
+    `shard_rows` gives device ``i`` of the mesh rows ``[i * b, (i + 1) * b)``, ``b = n_rows /
+    n_devices``; a process's devices are consecutive in `data_mesh`, so its rows are one
+    block. A one-process mesh holds them all.
+
+    Args:
+      n_rows: rows of the array, divisible by the mesh's device count.
+      mesh: a mesh from `data_mesh`.
+
+    Returns:
+      A `slice` of rows.
+
+    Raises:
+      ShapeError: the rows do not divide over the devices.
+
+    Examples:
+      >>> process_rows(8, data_mesh(jax.devices()[:1]))
+      slice(0, 8, None)
+    """
+    n_dev = mesh.devices.size
+    if n_rows % n_dev:
+        msg = f"n_rows must be divisible by the {n_dev} devices of the mesh; found {n_rows}."
+        raise ShapeError(msg)
+    block = n_rows // n_dev
+    mine = [i for i, d in enumerate(mesh.devices.flat) if d.process_index == jax.process_index()]
+    return slice(min(mine) * block, (max(mine) + 1) * block)
+
+
+def sum_over_processes(x, mesh: Mesh) -> np.ndarray:
+    """The sum over the processes of `mesh` of each one's float64 array `x` (every process).
+
+    Each process sends ``x`` as two float32 parts, ``hi = float32(x)`` and ``lo =
+    float32(x - hi)`` (JAX's collectives run in float32 unless x64 is on), and adds all parts
+    in float64: the sum keeps about 48 bits of each ``x``. With one process, `x` itself.
+
+    Args:
+      x: a float array, the same shape in every process.
+      mesh: a mesh from `data_mesh`.
+
+    Returns:
+      float64 array of the shape of `x`.
+
+    Examples:
+      >>> sum_over_processes(np.array([1.0, 2.5]), data_mesh(jax.devices()[:1])).tolist()
+      [1.0, 2.5]
+    """
+    x = np.asarray(x, np.float64)
+    if not mesh.is_multi_process:
+        return x
+    from jax.experimental import multihost_utils  # noqa: PLC0415
+
+    hi = x.astype(np.float32)
+    lo = (x - hi).astype(np.float32)
+    parts = multihost_utils.process_allgather(np.stack([hi, lo]))  # (processes, 2, ...)
+    return np.asarray(parts, np.float64).sum(axis=(0, 1))
+
+
+#: What `raise_in_every_process` can tell the other processes a process raised.
+_ERRORS = (*(getattr(_errors, name) for name in _errors.__all__), ValueError, Exception)
+
+
+def raise_in_every_process(error: Exception | None, mesh: Mesh, what: str) -> None:
+    """Raise `error` in this process, and the same kind of error in every other process.
+
+    A check that runs on each process's own rows fails in one process only; the others
+    would go on to the next collective and wait for it forever. Every process calls this
+    at the same point: the processes exchange which kind of error (if any) each one hit,
+    the failing ones raise their own and the others an error of the first failing
+    process's class (one of `diffomics.core`'s, else `ValueError` or `Exception`)
+    naming it.
+
+    Args:
+      error: the exception this process's check raised, or None.
+      mesh: a mesh from `data_mesh`.
+      what: what was checked, for the other processes' message.
+
+    Raises:
+      Exception: `error`, or the other process's kind of error.
+
+    Examples:
+      >>> raise_in_every_process(None, data_mesh(jax.devices()[:1]), "the counts")
+    """
+    if mesh.is_multi_process:
+        from jax.experimental import multihost_utils  # noqa: PLC0415
+
+        kind = 0
+        if error is not None:
+            kind = 1 + next(i for i, c in enumerate(_ERRORS) if isinstance(error, c))
+        kinds = np.asarray(multihost_utils.process_allgather(np.int32(kind))).ravel()
+        failed = np.flatnonzero(kinds).tolist()
+        if error is None and failed:
+            msg = f"{what}: process {failed[0]} found invalid input; its error names it."
+            raise _ERRORS[kinds[failed[0]] - 1](msg)
+    if error is not None:
+        raise error

@@ -32,8 +32,10 @@ from diffomics.core._sharding import (
     on_disk,
     pad_rows,
     padded_size,
+    raise_in_every_process,
     replicate,
     shard_rows_from,
+    sum_over_processes,
 )
 
 if TYPE_CHECKING:
@@ -137,20 +139,59 @@ class StreamedRows:
         return out
 
 
-def _chunks(data: dict, size: int = 4096):
-    """`data` (arrays or `StreamedRows` of one length) in chunks of `size` rows."""
+def _chunks(data: dict, size: int = 4096, rows: slice | None = None):
+    """`data` (arrays or `StreamedRows` of one length) in chunks of `size` rows (of `rows`)."""
     n = len(next(iter(data.values())))
-    for start in range(0, n, size):
-        yield {k: v[start : start + size] for k, v in data.items()}
+    first, last = (0, n) if rows is None else (rows.start, rows.stop)
+    for start in range(first, last, size):
+        yield {k: v[start : min(start + size, last)] for k, v in data.items()}
 
 
-def _column_moments(x, seen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and sd (1 where 0) of each column over the `seen` rows, summed in float64."""
-    total = square = 0.0
-    for chunk in _chunks({"x": x, "seen": seen}):
+def _process_cells(n: int, mesh: Mesh | None) -> slice | None:
+    """The cells whose checks and statistics this process computes (None: all of them).
+
+    On a mesh over several processes, the cells are cut into one block per process, so a
+    file is read once over all processes before training, not once per process.
+    """
+    if mesh is None or not mesh.is_multi_process:
+        return None
+    bounds = np.linspace(0, n, jax.process_count() + 1).round().astype(int)
+    return slice(int(bounds[jax.process_index()]), int(bounds[jax.process_index() + 1]))
+
+
+def _check_cells(module, inputs: dict, mesh: Mesh | None, size: int = 4096) -> None:
+    """``module._check`` a chunk at a time (a file is read once), naming cells by index.
+
+    On a mesh over several processes each checks its block of cells (`_process_cells`),
+    and all raise when one finds bad input (`raise_in_every_process`).
+    """
+    n = len(next(iter(inputs.values())))
+    rows = _process_cells(n, mesh) or slice(0, n)
+    error = None
+    try:
+        for k, chunk in enumerate(_chunks(inputs, size, rows)):
+            module._check(chunk, row_offset=rows.start + k * size)
+    except ValueError as e:
+        if mesh is None or not mesh.is_multi_process:
+            raise
+        error = e
+    if mesh is not None:
+        raise_in_every_process(error, mesh, "the modalities")
+
+
+def _column_moments(x, seen: np.ndarray, mesh: Mesh | None = None) -> tuple[np.ndarray, ...]:
+    """Mean and sd (1 where 0) of each column over the `seen` rows, summed in float64.
+
+    On a mesh over several processes each sums its block of cells (`_process_cells`) and
+    the sums are added over the processes.
+    """
+    total = square = np.zeros(x.shape[1])
+    for chunk in _chunks({"x": x, "seen": seen}, rows=_process_cells(len(seen), mesh)):
         part = np.asarray(chunk["x"], np.float64)[chunk["seen"]]
         total = total + part.sum(0)
         square = square + (part**2).sum(0)
+    if mesh is not None:
+        total, square = sum_over_processes(np.stack([total, square]), mesh)
     n = max(int(seen.sum()), 1)
     mean = total / n
     sd = np.sqrt(np.maximum(square / n - mean**2, 0.0))
@@ -175,9 +216,9 @@ def _batch_labels(mods: dict, cells: pd.Index, batch_key: str) -> np.ndarray:
     return labels.astype(str).to_numpy()
 
 
-def _fit_scales(config, matrices: dict, masks: dict) -> dict:
+def _fit_scales(config, matrices: dict, masks: dict, mesh: Mesh | None = None) -> dict:
     """``{name: (mean, sd)}`` of the Gaussian modalities over the cells that have them."""
-    return {name: _column_moments(matrices[name], masks[name] > 0)
+    return {name: _column_moments(matrices[name], masks[name] > 0, mesh)
             for name, lik in zip(config.names, config.likelihood_list, strict=True)
             if lik == "gaussian"}  # fmt: skip
 
@@ -774,17 +815,17 @@ def integrate(
         modality_penalty=modality_penalty,
         subset_sampling=subset_sampling,
     )
-    scales = _fit_scales(config, matrices, masks) if standardize else {}
+    module = DifferentiableMultiOmicsVAE(config, rngs=nnx.Rngs(params=seed, noise=seed + 1,
+                                                               dropout=seed + 2))  # fmt: skip
+    # the raw values are checked first: a NaN would make every standardised value NaN
+    _check_cells(module, _inputs(names, matrices, masks), mesh)
+    scales = _fit_scales(config, matrices, masks, mesh) if standardize else {}
     inputs = _model_inputs(config, mods, cells, matrices, masks, batch_key=batch_key,
                            categories=categories, scales=scales)  # fmt: skip
     if standardize:
         report["standardized"] = sorted(scales)
     if batch_key is not None:
         report["batch_categories"] = categories
-    module = DifferentiableMultiOmicsVAE(config, rngs=nnx.Rngs(params=seed, noise=seed + 1,
-                                                               dropout=seed + 2))  # fmt: skip
-    for chunk in _chunks(inputs):  # a backed modality is read once, a chunk at a time
-        module._check(chunk)
     for name, lik in zip(names, config.likelihood_list, strict=True):
         if lik == "nb_mixture":  # totalVI's empirical background prior
             seen = matrices[name][np.flatnonzero(masks[name] > 0)]  # (a protein panel)

@@ -413,7 +413,8 @@ class DifferentiableMultiOmicsVAE(Operator):
         log_sd = np.clip(np.log(sd), -5.0, 5.0)  # the range of the posterior's log sd
         prior["prior_log_sd"][...] = jnp.asarray(log_sd, prior["prior_log_sd"][...].dtype)
 
-    def _check(self, data: Mapping[str, Any]) -> None:
+    def _check(self, data: Mapping[str, Any], row_offset: int = 0) -> None:
+        """Raise on bad inputs; `row_offset`: index of the first cell (a chunk's messages)."""
         c = self.config
         n_cells = None
         for name, dim, lik in zip(c.names, c.modality_dims, c.likelihood_list, strict=True):
@@ -427,7 +428,7 @@ class DifferentiableMultiOmicsVAE(Operator):
                 msg = f"{key} has {shape[0]} cells but the first modality has {n_cells}."
                 raise ShapeError(msg)
             n_cells = shape[0]
-            check_finite(x, key)
+            check_finite(x, key, row_offset=row_offset)
             if lik != "gaussian" and not is_traced(x) and (np.asarray(x) < 0).any():
                 msg = (
                     f"{key} holds negative values, which a {lik!r} likelihood cannot model; "

@@ -24,8 +24,12 @@ from diffomics.core._sharding import (
     on_disk,
     pad_rows,
     padded_size,
+    process_rows,
+    raise_in_every_process,
     row_weights,
     shard_rows,
+    shard_rows_from,
+    sum_over_processes,
     to_host,
 )
 from diffomics.operators._keys import DECONVOLUTION_KEYS as K
@@ -187,8 +191,10 @@ def deconvolve(
         are split over its devices (padded to a multiple of their number with weight-0
         copies of the last spot, which change no sum) and the parameters replicated; XLA
         sums the gradients over devices (`diffomics.core.fit`). The result equals the
-        one-device fit up to float32 rounding. In ``mode="direct"``, ``result.model`` then
-        holds logits for the padded spots too. None (default): no placement.
+        one-device fit up to float32 rounding. On a mesh over several processes
+        (``jax.distributed``), each process reads only its devices' spots of each chunk.
+        In ``mode="direct"``, ``result.model`` then holds logits for the padded spots too.
+        None (default): no placement.
       chunk_size: spots fitted at a time. None (default) fits all at once when `spatial`
         is in memory, and 50,000 at a time when its ``X`` (or `layer`) is read from a file
         and the settings allow it (below). Chunks need an objective that is a sum over
@@ -248,12 +254,30 @@ def deconvolve(
     )
     read = _spot_reader(spatial, layer, spatial.var_names.get_indexer(genes))
     name = f"spatial counts over the {len(genes)} shared genes"
-    pooled, integers, x = np.zeros(len(genes)), True, None
+    rows = max(stop - start for start, stop in chunks)
+    rows = rows if mesh is None else padded_size(rows, mesh)  # one compiled shape
+    # on a mesh over several processes, each reads only the spots of its own devices
+    split = mesh is not None and mesh.is_multi_process
+    own = process_rows(rows, mesh) if split else slice(0, rows)
+    pooled, integers, x, error = np.zeros(len(genes)), True, None, None
     for start, stop in chunks:  # checks and the pooled spots; one chunk is read only once
-        x = read(start, stop)
-        check_counts(x, name, row_name="spot", row_offset=start)
+        a, b = start + min(own.start, stop - start), start + min(own.stop, stop - start)
+        if a == b:
+            continue
+        x = read(a, b)
+        try:
+            check_counts(x, name, row_name="spot", row_offset=a)
+        except ValueError as e:
+            if not split:
+                raise
+            error = e
+            break
         pooled += x.sum(axis=0, dtype=np.float64)
         integers = integers and np.allclose(x, np.round(x))
+    if split:  # every process raises if one found bad counts; the pooled spots of all
+        raise_in_every_process(error, mesh, name)
+        pooled = sum_over_processes(pooled, mesh)
+        integers = not sum_over_processes([not integers], mesh)[0]
     if likelihood != "gaussian" and not integers:
         warnings.warn(
             f"spatial values are not integers; likelihood={likelihood!r} treats them as "
@@ -270,8 +294,6 @@ def deconvolve(
             raise MissingKeyError(msg)
         coords = np.asarray(spatial.obsm[spatial_key], dtype=np.float64)
         edges = jnp.asarray(knn_graph(coords, n_neighbors=n_neighbors))
-    rows = max(stop - start for start, stop in chunks)
-    rows = rows if mesh is None else padded_size(rows, mesh)  # one compiled shape
     config = SpatialDeconvolutionConfig(
         n_cell_types=profiles.shape[0],
         n_genes=len(genes),
@@ -310,12 +332,14 @@ def deconvolve(
     several = len(chunks) > 1
     shown = several and (sys.stderr.isatty() if progress is None else progress)
     for i, (start, stop) in enumerate(tqdm(chunks, disable=not shown, unit="chunk")):
-        x = x if not several else read(start, stop)
         n = stop - start
         weight = row_weights(n, rows) if several or rows > n else None
-        x = pad_rows(x, rows)
+        if split:  # each device's spots read by its process; padding repeats the last spot
+            x = shard_rows_from(_padded_reader(read, start, n), (rows, len(genes)), mesh)
+        else:
+            x = pad_rows(x if not several else read(start, stop), rows)
         if mesh is not None:  # spots split over the devices; padding rows get weight 0
-            x = shard_rows(x, mesh)
+            x = x if split else shard_rows(x, mesh)
             weight = None if weight is None else shard_rows(weight, mesh)
         data = {K.SPATIAL_EXPRESSION: jnp.asarray(x),
                 K.REFERENCE_PROFILES: bulk[K.REFERENCE_PROFILES]}  # fmt: skip
@@ -415,6 +439,16 @@ def _spot_reader(spatial: ad.AnnData, layer: str | None, genes: np.ndarray):
         return to_dense(source[start:stop][:, genes])  # in memory, or from the file
 
     return read
+
+
+def _padded_reader(read, start: int, n: int):
+    """``read`` of rows of a chunk of `n` spots from `start`, padded with its last spot."""
+
+    def rows(block: slice) -> np.ndarray:
+        idx = np.minimum(np.arange(block.start, block.stop), n - 1)
+        return read(start + idx[0], start + idx[-1] + 1)[idx - idx[0]]
+
+    return rows
 
 
 def _chained(fits: list[FitResult]) -> FitResult:
