@@ -25,10 +25,13 @@ from diffomics.core._sharding import DATA_AXIS as DATA_AXIS
 from diffomics.core._sharding import data_mesh as data_mesh
 from diffomics.core._sharding import pad_rows as pad_rows
 from diffomics.core._sharding import padded_size as padded_size
+from diffomics.core._sharding import process_rows as process_rows
+from diffomics.core._sharding import raise_in_every_process as raise_in_every_process
 from diffomics.core._sharding import replicate as replicate
 from diffomics.core._sharding import row_weights as row_weights
 from diffomics.core._sharding import shard_rows as shard_rows
 from diffomics.core._sharding import shard_rows_from as shard_rows_from
+from diffomics.core._sharding import sum_over_processes as sum_over_processes
 from diffomics.core._sharding import to_host as to_host
 
 __all__ = [
@@ -55,11 +58,14 @@ __all__ = [
     "pad_rows",
     "padded_size",
     "poisson_log_prob",
+    "process_rows",
+    "raise_in_every_process",
     "replicate",
     "row_weights",
     "safe_eigh",
     "shard_rows",
     "shard_rows_from",
+    "sum_over_processes",
     "to_host",
     "storey_pi0",
 ]
