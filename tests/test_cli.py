@@ -317,6 +317,7 @@ def test_h5ad_modalities_are_named_by_argument_or_stem(paired):
         (["{h5mu}", "--likelihood", "rna=wrong"], "wrong"),
         (["{rna}", "{rna}"], "given twice"),
         (["{h5mu}", "{rna}"], "one .h5mu file alone"),
+        (["{h5mu}", "--backed"], "--backed streams .h5ad files and Zarr stores"),
         (["missing.h5mu"], "no such file"),
     ],
 )

@@ -160,6 +160,10 @@ def read_modalities(specs: list[str], *, backed: bool = False) -> tuple[dict, st
     """
     if len(specs) == 1 and specs[0].endswith(".h5mu"):
         path = _existing(specs[0])
+        if backed:  # read whole, it would not be streamed: say so rather than ignore it
+            msg = (f"{path}: --backed streams .h5ad files and Zarr stores; an .h5mu file is "
+                   "read into memory. Write each modality to .h5ad or .zarr to stream it.")
+            raise UserError(msg)
         return _read_h5mu(path), path.stem
     mods = {}
     for spec in specs:
