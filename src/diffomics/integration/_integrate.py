@@ -223,12 +223,8 @@ def _fit_scales(config, matrices: dict, masks: dict, mesh: Mesh | None = None) -
             if lik == "gaussian"}  # fmt: skip
 
 
-def _model_inputs(config, mods, cells, matrices, masks, *, batch_key, categories, scales):
-    """The module's inputs: the `scales` modalities standardised, batches coded by `categories`.
-
-    The same preparation for training (`integrate`) and for data given to a loaded model
-    (`IntegrationModel.load`), which uses the scales and batches saved with it.
-    """
+def _standardize(matrices: dict, masks: dict, scales: dict) -> None:
+    """Standardise the `scales` modalities of `matrices` in place (a streamed one as read)."""
     f = default_float()
     for name, (mean, sd) in scales.items():
         x, seen = matrices[name], masks[name] > 0
@@ -236,6 +232,15 @@ def _model_inputs(config, mods, cells, matrices, masks, *, batch_key, categories
             x.scale = (mean, sd)
         else:
             matrices[name] = np.where(seen[:, None], (x - mean) / sd, 0.0).astype(f)
+
+
+def _model_inputs(config, mods, cells, matrices, masks, *, batch_key, categories, scales):
+    """The module's inputs: the `scales` modalities standardised, batches coded by `categories`.
+
+    The same preparation for training (`integrate`) and for data given to a loaded model
+    (`IntegrationModel.load`), which uses the scales and batches saved with it.
+    """
+    _standardize(matrices, masks, scales)
     batch = None
     if categories is not None:
         labels = _batch_labels(mods, cells, batch_key)
@@ -817,11 +822,13 @@ def integrate(
     )
     module = DifferentiableMultiOmicsVAE(config, rngs=nnx.Rngs(params=seed, noise=seed + 1,
                                                                dropout=seed + 2))  # fmt: skip
+    raw = _model_inputs(config, mods, cells, matrices, masks, batch_key=batch_key,
+                        categories=categories, scales={})  # fmt: skip
     # the raw values are checked first: a NaN would make every standardised value NaN
-    _check_cells(module, _inputs(names, matrices, masks), mesh)
+    _check_cells(module, raw, mesh)
     scales = _fit_scales(config, matrices, masks, mesh) if standardize else {}
-    inputs = _model_inputs(config, mods, cells, matrices, masks, batch_key=batch_key,
-                           categories=categories, scales=scales)  # fmt: skip
+    _standardize(matrices, masks, scales)
+    inputs = _inputs(names, matrices, masks, raw.get("batch"))
     if standardize:
         report["standardized"] = sorted(scales)
     if batch_key is not None:
