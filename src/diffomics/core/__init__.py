@@ -22,11 +22,11 @@ from diffomics.core._numerics import safe_eigh as safe_eigh
 from diffomics.core._operator import Operator as Operator
 from diffomics.core._operator import OperatorConfig as OperatorConfig
 from diffomics.core._sharding import DATA_AXIS as DATA_AXIS
+from diffomics.core._sharding import check_in_every_process as check_in_every_process
 from diffomics.core._sharding import data_mesh as data_mesh
 from diffomics.core._sharding import pad_rows as pad_rows
 from diffomics.core._sharding import padded_size as padded_size
 from diffomics.core._sharding import process_rows as process_rows
-from diffomics.core._sharding import raise_in_every_process as raise_in_every_process
 from diffomics.core._sharding import replicate as replicate
 from diffomics.core._sharding import row_weights as row_weights
 from diffomics.core._sharding import shard_rows as shard_rows
@@ -49,6 +49,7 @@ __all__ = [
     "benjamini_hochberg",
     "check_counts",
     "check_finite",
+    "check_in_every_process",
     "check_matrix",
     "data_mesh",
     "default_float",
@@ -59,7 +60,6 @@ __all__ = [
     "padded_size",
     "poisson_log_prob",
     "process_rows",
-    "raise_in_every_process",
     "replicate",
     "row_weights",
     "safe_eigh",

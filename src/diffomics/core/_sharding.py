@@ -34,8 +34,8 @@ __all__ = [
     "data_mesh",
     "pad_rows",
     "padded_size",
+    "check_in_every_process",
     "process_rows",
-    "raise_in_every_process",
     "replicate",
     "row_weights",
     "shard_rows",
@@ -328,41 +328,50 @@ def sum_over_processes(x, mesh: Mesh) -> np.ndarray:
     return np.asarray(parts, np.float64).sum(axis=(0, 1))
 
 
-#: What `raise_in_every_process` can tell the other processes a process raised.
-_ERRORS = (*(getattr(_errors, name) for name in _errors.__all__), ValueError, Exception)
+#: What `check_in_every_process` can tell the other processes a process raised.
+_ERRORS = (*(getattr(_errors, name) for name in _errors.__all__), ValueError)
 
 
-def raise_in_every_process(error: Exception | None, mesh: Mesh, what: str) -> None:
-    """Raise `error` in this process, and the same kind of error in every other process.
+def check_in_every_process(check, mesh: Mesh, what: str):
+    """``check()``, whose input error in one process is raised in every process of `mesh`.
 
     A check that runs on each process's own rows fails in one process only; the others
     would go on to the next collective and wait for it forever. Every process calls this
-    at the same point: the processes exchange which kind of error (if any) each one hit,
-    the failing ones raise their own and the others an error of the first failing
-    process's class (one of `diffomics.core`'s, else `ValueError` or `Exception`)
-    naming it.
+    at the same point: each runs its `check`, the processes exchange which kind of
+    `ValueError` (if any) each one hit, the failing ones raise their own and the others an
+    error of the first failing process's class (one of `diffomics.core`'s, else
+    `ValueError`) naming it. On a mesh of one process the error is raised as it is.
 
     Args:
-      error: the exception this process's check raised, or None.
+      check: a function of no argument; what it returns is returned.
       mesh: a mesh from `data_mesh`.
       what: what was checked, for the other processes' message.
 
+    Returns:
+      ``check()``.
+
     Raises:
-      Exception: `error`, or the other process's kind of error.
+      ValueError: `check`'s, or the other process's kind of error.
 
     Examples:
-      >>> raise_in_every_process(None, data_mesh(jax.devices()[:1]), "the counts")
+      >>> check_in_every_process(lambda: 3, data_mesh(jax.devices()[:1]), "the counts")
+      3
     """
-    if mesh.is_multi_process:
-        from jax.experimental import multihost_utils  # noqa: PLC0415
+    if not mesh.is_multi_process:
+        return check()
+    from jax.experimental import multihost_utils  # noqa: PLC0415
 
-        kind = 0
-        if error is not None:
-            kind = 1 + next(i for i, c in enumerate(_ERRORS) if isinstance(error, c))
-        kinds = np.asarray(multihost_utils.process_allgather(np.int32(kind))).ravel()
-        failed = np.flatnonzero(kinds).tolist()
-        if error is None and failed:
-            msg = f"{what}: process {failed[0]} found invalid input; its error names it."
-            raise _ERRORS[kinds[failed[0]] - 1](msg)
+    result, error, kind = None, None, 0
+    try:
+        result = check()
+    except ValueError as e:
+        error = e
+        kind = 1 + next(i for i, c in enumerate(_ERRORS) if isinstance(e, c))
+    kinds = np.asarray(multihost_utils.process_allgather(np.int32(kind))).ravel()
+    failed = np.flatnonzero(kinds).tolist()
     if error is not None:
         raise error
+    if failed:
+        msg = f"{what}: process {failed[0]} found invalid input; its error names it."
+        raise _ERRORS[kinds[failed[0]] - 1](msg)
+    return result

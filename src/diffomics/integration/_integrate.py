@@ -29,10 +29,10 @@ from diffomics.core._errors import ConfigError, MissingKeyError, ShapeError
 from diffomics.core._fit import StaticGraph
 from diffomics.core._numerics import default_float
 from diffomics.core._sharding import (
+    check_in_every_process,
     on_disk,
     pad_rows,
     padded_size,
-    raise_in_every_process,
     replicate,
     shard_rows_from,
     sum_over_processes,
@@ -163,20 +163,19 @@ def _check_cells(module, inputs: dict, mesh: Mesh | None, size: int = 4096) -> N
     """``module._check`` a chunk at a time (a file is read once), naming cells by index.
 
     On a mesh over several processes each checks its block of cells (`_process_cells`),
-    and all raise when one finds bad input (`raise_in_every_process`).
+    and all raise when one finds bad input (`check_in_every_process`).
     """
     n = len(next(iter(inputs.values())))
     rows = _process_cells(n, mesh) or slice(0, n)
-    error = None
-    try:
+
+    def check():
         for k, chunk in enumerate(_chunks(inputs, size, rows)):
             module._check(chunk, row_offset=rows.start + k * size)
-    except ValueError as e:
-        if mesh is None or not mesh.is_multi_process:
-            raise
-        error = e
-    if mesh is not None:
-        raise_in_every_process(error, mesh, "the modalities")
+
+    if mesh is None:
+        check()
+    else:
+        check_in_every_process(check, mesh, "the modalities")
 
 
 def _column_moments(x, seen: np.ndarray, mesh: Mesh | None = None) -> tuple[np.ndarray, ...]:
@@ -223,27 +222,28 @@ def _fit_scales(config, matrices: dict, masks: dict, mesh: Mesh | None = None) -
             if lik == "gaussian"}  # fmt: skip
 
 
-def _standardize(matrices: dict, masks: dict, scales: dict) -> None:
-    """Standardise the `scales` modalities of `matrices` in place (a streamed one as read)."""
+def _standardize(inputs: dict, scales: dict) -> None:
+    """Standardise the `scales` modalities of the module's `inputs` in place.
+
+    Over the cells that have the modality; a streamed one is standardised as it is read.
+    """
     f = default_float()
     for name, (mean, sd) in scales.items():
-        x, seen = matrices[name], masks[name] > 0
+        x, seen = inputs[f"{name}_counts"], inputs[f"{name}_mask"] > 0
         if isinstance(x, StreamedRows):
             x.scale = (mean, sd)
         else:
-            matrices[name] = np.where(seen[:, None], (x - mean) / sd, 0.0).astype(f)
+            inputs[f"{name}_counts"] = np.where(seen[:, None], (x - mean) / sd, 0.0).astype(f)
 
 
-def _model_inputs(config, mods, cells, matrices, masks, *, batch_key, categories, scales):
-    """The module's inputs: the `scales` modalities standardised, batches coded by `categories`.
+def _model_inputs(config, matrices, masks, *, labels, categories, batch_key) -> dict:
+    """The module's inputs, each cell's batch `labels` coded by `categories` (None: none).
 
-    The same preparation for training (`integrate`) and for data given to a loaded model
-    (`IntegrationModel.load`), which uses the scales and batches saved with it.
+    The same coding for training (`integrate`) and for data given to a loaded model
+    (`IntegrationModel.load`), which uses the labels saved with it.
     """
-    _standardize(matrices, masks, scales)
     batch = None
     if categories is not None:
-        labels = _batch_labels(mods, cells, batch_key)
         codes = pd.Index(categories).get_indexer(labels)
         if (codes < 0).any():
             unknown = sorted(set(labels[codes < 0]))[:5]
@@ -517,8 +517,10 @@ class IntegrationModel:
         if data is not None:
             mods = _modalities(data)
             cells, matrices, masks, _ = _align(mods, join)
-            inputs = _model_inputs(config, mods, cells, matrices, masks, batch_key=key,
-                                   categories=categories, scales=scales)  # fmt: skip
+            labels = None if key is None else _batch_labels(mods, cells, key)
+            inputs = _model_inputs(config, matrices, masks, labels=labels,
+                                   categories=categories, batch_key=key)  # fmt: skip
+            _standardize(inputs, scales)
         return cls(module, cells, inputs, pd.DataFrame(), {"loaded_from": str(path)}, scales,
                    key, categories)  # fmt: skip
 
@@ -805,7 +807,8 @@ def integrate(
         msg = f"likelihoods names {sorted(unknown)} are not modalities ({names})."
         raise MissingKeyError(msg)
     default = MultiOmicsVAEConfig(modality_dims=[1] * len(names), modality_names=names)
-    categories = None if batch_key is None else sorted(set(_batch_labels(mods, cells, batch_key)))
+    labels = None if batch_key is None else _batch_labels(mods, cells, batch_key)
+    categories = None if labels is None else sorted(set(labels))
     config = MultiOmicsVAEConfig(
         modality_dims=[matrices[n].shape[1] for n in names],
         modality_names=names,
@@ -822,13 +825,12 @@ def integrate(
     )
     module = DifferentiableMultiOmicsVAE(config, rngs=nnx.Rngs(params=seed, noise=seed + 1,
                                                                dropout=seed + 2))  # fmt: skip
-    raw = _model_inputs(config, mods, cells, matrices, masks, batch_key=batch_key,
-                        categories=categories, scales={})  # fmt: skip
+    inputs = _model_inputs(config, matrices, masks, labels=labels, categories=categories,
+                           batch_key=batch_key)  # fmt: skip
     # the raw values are checked first: a NaN would make every standardised value NaN
-    _check_cells(module, raw, mesh)
+    _check_cells(module, inputs, mesh)
     scales = _fit_scales(config, matrices, masks, mesh) if standardize else {}
-    _standardize(matrices, masks, scales)
-    inputs = _inputs(names, matrices, masks, raw.get("batch"))
+    _standardize(inputs, scales)
     if standardize:
         report["standardized"] = sorted(scales)
     if batch_key is not None:

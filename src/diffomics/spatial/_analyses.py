@@ -21,11 +21,11 @@ from diffomics.core._errors import ConfigError, MissingKeyError
 from diffomics.core._fit import FitResult, fit
 from diffomics.core._numerics import default_float
 from diffomics.core._sharding import (
+    check_in_every_process,
     on_disk,
     pad_rows,
     padded_size,
     process_rows,
-    raise_in_every_process,
     row_weights,
     shard_rows,
     shard_rows_from,
@@ -259,23 +259,22 @@ def deconvolve(
     # on a mesh over several processes, each reads only the spots of its own devices
     split = mesh is not None and mesh.is_multi_process
     own = process_rows(rows, mesh) if split else slice(0, rows)
-    pooled, integers, x, error = np.zeros(len(genes)), True, None, None
-    for start, stop in chunks:  # checks and the pooled spots; one chunk is read only once
-        a, b = start + min(own.start, stop - start), start + min(own.stop, stop - start)
-        if a == b:
-            continue
-        x = read(a, b)
-        try:
+
+    def scan():
+        """Checks and the pooled spots; each chunk (this process's rows) is read once."""
+        pooled, integers, x = np.zeros(len(genes)), True, None
+        for start, stop in chunks:
+            a, b = start + min(own.start, stop - start), start + min(own.stop, stop - start)
+            if a == b:
+                continue
+            x = read(a, b)
             check_counts(x, name, row_name="spot", row_offset=a)
-        except ValueError as e:
-            if not split:
-                raise
-            error = e
-            break
-        pooled += x.sum(axis=0, dtype=np.float64)
-        integers = integers and np.allclose(x, np.round(x))
-    if split:  # every process raises if one found bad counts; the pooled spots of all
-        raise_in_every_process(error, mesh, name)
+            pooled += x.sum(axis=0, dtype=np.float64)
+            integers = integers and np.allclose(x, np.round(x))
+        return pooled, integers, x
+
+    pooled, integers, x = scan() if not split else check_in_every_process(scan, mesh, name)
+    if split:  # the pooled spots of every process
         pooled = sum_over_processes(pooled, mesh)
         integers = not sum_over_processes([not integers], mesh)[0]
     if likelihood != "gaussian" and not integers:
