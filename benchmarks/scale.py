@@ -25,9 +25,10 @@ a machine with several accelerators the same code splits the work.
   gradients are still near zero after 200 steps (splitting 200,000 such spots as 199,999 +
   1 gives the same spread), so the maximum is far above the median.
 - ``spatial_genes``: `spatial_genes` (Nystrom kernel, 500 inducing points, 5 lengthscales,
-  no smoothing) of 100 simulated genes (20 with a planted sine pattern) on ``n`` random spots,
-  genes split over the devices; wall time of the call, and the number of planted genes
-  found at q < 0.05 and of null genes called.
+  no smoothing) of 100 simulated genes (20 with a planted sine pattern) on ``n`` random spots;
+  the projections on the kernel's eigenvectors are summed over blocks of spots, one per
+  device, then the genes are fitted split over the devices; wall time of the call, and the
+  number of planted genes found at q < 0.05 and of null genes called.
 - ``integration``: `integrate` of two simulated Gaussian modalities (20 and 30 features,
   two groups of cells) for 3 epochs of minibatches of 512 cells, every minibatch split over
   the devices; median seconds per epoch after the first, and FOSCTTM.

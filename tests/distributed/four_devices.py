@@ -137,17 +137,18 @@ def test_integrate_on_four_devices_equals_one_device():
     np.testing.assert_allclose(sharded.latent(), single.latent(), atol=1e-4)
 
 
-def test_gp_test_sharded_over_genes_equals_one_device():
-    # Stahl 2016 olfactory bulb, 260 spots, 42 genes (padded to 44): per-gene fits have no
-    # cross-gene sum; only the projection U^T y sums over spots in another order. The
-    # statistic agrees to 1e-4 relative; its argmax in log delta, where the likelihood is
-    # flat, to 1e-2, and the FSV to 2e-3
+def test_gp_test_split_over_spots_and_genes_equals_one_device():
+    # Stahl 2016 olfactory bulb, 259 of its 260 spots (padded to 260 with a zero row), 42
+    # genes (padded to 44): the projection U^T y and the null-space sums are summed over
+    # blocks of spots, then the genes are fitted apart. The statistic agrees to 1e-4
+    # relative; its argmax in log delta, where the likelihood is flat, to 1e-2, and the FSV
+    # to 2e-3
     from diffomics.datasets import mouse_olfactory_bulb
     from diffomics.spatial import exact_factor, fit_gp, kernel_matrix, nystrom_factor
-    from diffomics.spatial._gp_test import standardize
+    from diffomics.spatial._gp_test import _place_factor, standardize
     from diffomics.spatial._kernels import inducing_points
 
-    adata = mouse_olfactory_bulb()
+    adata = mouse_olfactory_bulb()[:259]
     x = np.asarray(adata.X, dtype=np.float64)
     genes = np.argsort(-(x > 0).sum(axis=0))[:42]
     z = np.asarray(standardize(jnp.asarray(np.log1p(x[:, genes]), jnp.float32))[0])
@@ -159,6 +160,9 @@ def test_gp_test_sharded_over_genes_equals_one_device():
                        lengthscale=2.0),
     ]  # fmt: skip
     for factor in factors:
+        placed = _place_factor(factor, mesh)
+        assert placed.u.shape[0] == 260 and placed.u.sharding.spec == PartitionSpec("data")
+        assert _n_devices(placed.u) == 4
         single = fit_gp(z, factor)
         sharded = fit_gp(z, factor, mesh=mesh)
         for name, tol in (("llr", {"rtol": 1e-4, "atol": 1e-4}), ("log_delta", {"atol": 1e-2}),

@@ -192,10 +192,16 @@ def test_two_processes_read_only_their_cells_and_compute_as_one(tmp_path):
         assert errors[0][k][0] == errors[1][k][0] == kind, errors
         assert "process 1" in errors[0][k][1]
     assert "77" in errors[1][1][1]
-    # the GP test with the genes split over the processes: the same statistics
+    # the GP test with the spots, then the genes, split over the processes: the same
+    # statistics up to the order of the float32 sums over spots (as on four devices of one
+    # process); FSV and p-values where the statistic is not ~0, where they are defined
     svg = {n: load(n, "svg") for n in (1, 2)}
     np.testing.assert_array_equal(load(2, "svg", 1), svg[2])
-    np.testing.assert_allclose(svg[2], svg[1], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(svg[2][:, 0], svg[1][:, 0], rtol=1e-4, atol=1e-3)
+    signal = svg[1][:, 0] > 1.0
+    assert signal.sum() >= 25  # 31 of the 150 genes
+    np.testing.assert_allclose(svg[2][signal, 1], svg[1][signal, 1], atol=2e-3)
+    np.testing.assert_allclose(svg[2][signal, 2], svg[1][signal, 2], rtol=1e-3)
     # Hi-C: balancing and expected from pixels split over the processes, dots on tiles
     hic = {n: np.load(runs[n] / "hic_0.npz") for n in (1, 2)}
     np.testing.assert_allclose(hic[2]["weights"], hic[1]["weights"], rtol=1e-5)

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import anndata as ad
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
@@ -125,6 +126,29 @@ def test_nystrom_with_every_spot_as_inducing_point_equals_exact():
         exact = fit_gp(z, exact_factor(se_kernel(xy, lengthscale)))
         low_rank = fit_gp(z, nystrom_factor(xy, xy, lengthscale=lengthscale, jitter=1e-9))
         np.testing.assert_allclose(low_rank.llr, exact.llr, rtol=2e-3, atol=2e-2)
+
+
+def test_low_rank_null_space_sums_keep_float32_precision_at_20000_spots():
+    # The sums over a Nystrom kernel's null space cancel when taken as differences in
+    # float32: at 20,000 spots and a long lengthscale, 1^T P 1 = n - |U^T 1|^2 puts the LLR
+    # off by 17 nats and 1^T P y = 1^T y - (U^T 1)^T U^T y by 0.11 (measured). Formed as
+    # sums of P 1 (float64) and of the residual P y = y - U U^T y, the LLR is off by 0.006,
+    # the float32 rounding of the LLR itself (as with the projection in float64 on the host)
+    rng = np.random.default_rng(0)
+    n = 20_000
+    xy = rng.uniform(0.0, 100.0, size=(n, 2))
+    rate = np.full((n, 12), 5.0)
+    rate[:, :6] *= np.exp(0.8 * np.sin(2 * np.pi * xy[:, :1] / np.arange(20.0, 32.0, 2.0)))
+    z = np.asarray(standardize(jnp.asarray(np.log1p(rng.poisson(rate)), jnp.float32))[0])
+    factor = nystrom_factor(xy, inducing_points(xy, n_inducing=200, seed=0), lengthscale=50.0)
+    single = fit_gp(z, factor, standard_error=False)
+    with jax.enable_x64(True):
+        double = fit_gp(z.astype(np.float64), factor, standard_error=False)
+        assert double.llr.dtype == jnp.float64
+        llr, fsv = np.asarray(double.llr), np.asarray(double.fsv)
+    assert llr[:6].min() > 100.0  # the planted waves are far from the null
+    np.testing.assert_allclose(single.llr, llr, atol=0.02)
+    np.testing.assert_allclose(single.fsv, fsv, atol=1e-3)
 
 
 def test_approximate_path_agrees_with_exact_on_small_data():

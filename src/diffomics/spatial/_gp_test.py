@@ -37,9 +37,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 from jax.scipy.special import log_ndtr
+from jax.sharding import NamedSharding, PartitionSpec
 
 from diffomics.core._numerics import default_float, safe_sqrt
-from diffomics.core._sharding import pad_rows, padded_size, shard_rows
+from diffomics.core._sharding import DATA_AXIS, pad_rows, padded_size, shard_rows
 from diffomics.spatial._kernels import KernelFactor
 
 if TYPE_CHECKING:
@@ -115,11 +116,12 @@ def standardize(y: Array) -> tuple[Array, Array]:
 
 
 class NullSpace(NamedTuple):
-    """Sums over a low-rank kernel's null space (eigenvalue 0), computed in float64.
+    """Sums over a low-rank kernel's null space (eigenvalue 0).
 
     With ``P = I - U U^T``: ``ones = 1^T P 1`` (scalar), ``cross = 1^T P y`` and
-    ``squares = y^T P y`` (each `(n_genes,)`). They are differences of large, nearly equal
-    numbers, so they are formed once in float64 (`fit_gp`) rather than in the float32 search.
+    ``squares = y^T P y`` (each `(n_genes,)`). As differences (``n - |U^T 1|^2``, ...) they
+    cancel in float32 at large ``n``, so `fit_gp` forms ``P 1`` and ``1^T P 1`` in float64
+    and sums ``(P 1) * y`` and ``(P y)^2`` over the spots, ``P y = y - U (U^T y)``.
     """
 
     ones: Array
@@ -299,21 +301,105 @@ def fit_gp_implicit(
     return GPFit(*(jnp.where(constant, u, v) for u, v in zip(untested, fit, strict=True)))
 
 
+class _PlacedFactor(NamedTuple):
+    """A `KernelFactor` in float32 on the devices, its spots split over a mesh when given.
+
+    ``u`` and ``p1`` have the spots padded with zero rows to ``n_rows`` (a multiple of the
+    mesh's devices): a zero row adds nothing to any sum over spots.
+    """
+
+    u: Array  # (n_rows, m) eigenvectors
+    s: Array  # (m,) eigenvalues
+    ut1: Array  # (m,) U^T 1
+    gower: Array
+    p1: Array | None  # (n_rows,) P 1 = 1 - U U^T 1, low-rank factors only
+    ones: Array | None  # 1^T P 1
+    n: int  # spots
+    n_rows: int  # spots after padding
+
+
+def _place_factor(factor: KernelFactor, mesh: Mesh | None) -> _PlacedFactor:
+    """Copy `factor` to the devices once, for every chunk of genes fitted with it."""
+    u64 = np.asarray(factor.eigvecs, dtype=np.float64)
+    n, m = u64.shape
+    n_rows = n if mesh is None else padded_size(n, mesh)
+    ut1 = u64.sum(axis=0)
+    # P 1 and 1^T P 1 in float64 on the host: the constant is nearly in a smooth kernel's
+    # span, so 1^T P 1 = n - |U^T 1|^2 is a difference of nearly equal numbers
+    p1 = 1.0 - u64 @ ut1 if m < n else None
+    f = default_float()
+
+    def spots_out(a):  # spots split over the mesh, padded with zero rows
+        a = np.asarray(a, dtype=f)
+        if mesh is None:
+            return jnp.asarray(a)
+        return shard_rows(np.pad(a, [(0, n_rows - n)] + [(0, 0)] * (a.ndim - 1)), mesh)
+
+    return _PlacedFactor(
+        u=spots_out(u64), s=jnp.asarray(factor.eigvals, f), ut1=jnp.asarray(ut1, f),
+        gower=jnp.asarray(factor.gower, f),
+        p1=None if p1 is None else spots_out(p1),
+        ones=None if p1 is None else jnp.asarray(p1 @ p1, f), n=n, n_rows=n_rows,
+    )  # fmt: skip
+
+
+@functools.partial(jax.jit, static_argnames=("n", "standard_error", "genes"))
+def _project_and_fit(z, placed, *, n, standard_error, genes):
+    """``U^T y`` and the null-space sums by a sum over spots, then `_fit` per gene.
+
+    The spots of `z` and of the factor may be split over devices (the compiler adds the
+    sums over them); `genes`, a sharding or None, then splits the fit over the genes.
+    The null-space sums are not ``y^T y - |U^T y|^2``, which cancels in float32 at large
+    ``n``, but sums of the residual ``P y = y - U (U^T y)`` (two passes over the spots).
+    """
+    def split(a):  # per-gene values split over the genes
+        return a if genes is None else jax.lax.with_sharding_constraint(a, genes)
+
+    uty = z.T @ placed.u  # (n_genes, m)
+    rest = None
+    if placed.p1 is not None:
+        resid = z - placed.u @ uty.T
+        rest = NullSpace(placed.ones, split(placed.p1 @ z), split(jnp.sum(resid**2, axis=0)))
+    uty = split(uty)
+    return _fit(uty, placed.ut1, placed.s, placed.gower, rest, n=n,
+                standard_error=standard_error)  # fmt: skip
+
+
+def _fit_placed(z, placed: _PlacedFactor, *, standard_error: bool, mesh: Mesh | None) -> GPFit:
+    """`fit_gp` with the factor already on the devices (`_place_factor`)."""
+    n_genes = z.shape[1]
+    z = np.asarray(z, dtype=default_float())
+    if mesh is None:
+        return _project_and_fit(jnp.asarray(z), placed, n=placed.n,
+                                standard_error=standard_error, genes=None)  # fmt: skip
+    n_padded = padded_size(n_genes, mesh)
+    # genes padded with copies of the last one (dropped below), spots with zero rows
+    z = pad_rows(z.T, n_padded).T
+    z = shard_rows(np.pad(z, ((0, placed.n_rows - placed.n), (0, 0))), mesh)
+    genes = NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+    fit = _project_and_fit(z, placed, n=placed.n, standard_error=standard_error, genes=genes)
+    return fit if n_padded == n_genes else GPFit(*(v[:n_genes] for v in fit))
+
+
 def fit_gp(
     z: Array, factor: KernelFactor, *, standard_error: bool = True, mesh: Mesh | None = None
 ) -> GPFit:
     """Fit the SpatialDE GP model to every gene for one kernel.
 
+    Each gene's projection ``U^T y`` on the kernel's eigenvectors is a sum over spots, and
+    for a low-rank (Nystrom) factor so are the sums over its null space, taken of the
+    residual ``y - U U^T y`` rather than as ``y^T y - |U^T y|^2`` (that difference
+    cancels in float32 at large ``n``); then the noise ratio of every gene is fitted.
+
     Args:
       z: standardised expression (`standardize`), shape `(n_spots, n_genes)`.
       factor: the kernel's `KernelFactor` (from `exact_factor` or `nystrom_factor`).
       standard_error: compute ``fsv_se`` (a second derivative per gene); False fills NaN.
-      mesh: a device mesh (`diffomics.core.data_mesh`): the genes are split over its
-        devices (padded to a multiple of their number with copies of the last gene, which
-        are dropped from the result) and the kernel's factor replicated. Genes are fitted
-        independently, so no device waits for another and the result equals the
-        one-device fit up to float32 rounding. For a low-rank (Nystrom) factor the
-        float64 projection ``U^T y`` is formed on the host first. None: no placement.
+      mesh: a device mesh (`diffomics.core.data_mesh`). The sums over spots are split over
+        its devices (the spots of `z` and of the factor's eigenvectors in one block per
+        device, padded with zero rows), and the fit over genes (padded with copies of the
+        last gene, dropped from the result). The result equals the one-device fit up to
+        float32 rounding. None: no placement.
 
     Returns:
       A `GPFit` of `(n_genes,)` arrays.
@@ -327,39 +413,8 @@ def fit_gp(
       >>> bool(fit.llr[0] > 20.0), bool(fit.fsv[0] > 0.9)  # a smooth wave is spatial
       (True, True)
     """
-    n, m = z.shape[0], factor.eigvals.shape[0]
-    n_genes = z.shape[1]
-    n_padded = n_genes if mesh is None else padded_size(n_genes, mesh)
-
-    def genes_out(a):  # per-gene rows (or values) split over the mesh
-        return a if mesh is None else shard_rows(pad_rows(a, n_padded), mesh)
-
-    f = default_float()
-    s = jnp.asarray(factor.eigvals, dtype=f)
-    ut1_64 = factor.eigvecs.sum(axis=0)
-    ut1 = jnp.asarray(ut1_64, dtype=f)
-    if m == n:
-        zt = jnp.asarray(z).T if mesh is None else genes_out(np.asarray(z, f).T)
-        uty = jnp.asarray(zt, dtype=f) @ jnp.asarray(factor.eigvecs, f)
-        rest = None
-    else:  # the null-space sums cancel catastrophically in float32 at large n
-        z64 = np.asarray(z, dtype=np.float64)
-        uty_64 = z64.T @ factor.eigvecs
-        rest = NullSpace(
-            ones=jnp.asarray(n - ut1_64 @ ut1_64, f),
-            cross=genes_out(
-                np.asarray(z64.sum(axis=0) - uty_64 @ ut1_64, dtype=f)
-            ),
-            squares=genes_out(
-                np.asarray((z64**2).sum(axis=0) - (uty_64**2).sum(axis=1), f)
-            ),
-        )
-        uty = genes_out(np.asarray(uty_64, dtype=f))
-    gower = jnp.asarray(factor.gower, f)
-    fit = _fit(uty, ut1, s, gower, rest, n=n, standard_error=standard_error)
-    if n_padded == n_genes:
-        return fit
-    return GPFit(*(v[:n_genes] for v in fit))
+    return _fit_placed(z, _place_factor(factor, mesh), standard_error=standard_error,
+                       mesh=mesh)  # fmt: skip
 
 
 def gp_posterior_mean(z: Array, factor: KernelFactor, log_delta: Array) -> Array:

@@ -20,7 +20,8 @@ from diffomics.core._numerics import default_float
 from diffomics.core._sharding import to_host
 from diffomics.spatial._gp_test import (
     GPFit,
-    fit_gp,
+    _fit_placed,
+    _place_factor,
     gene_sparsity,
     gp_posterior_mean,
     permutation_null,
@@ -129,6 +130,7 @@ def _scan(z_list, coords, kernel, scales, *, chunk_size, exact_max_spots, n_indu
     with bar:
         for scale, factor in _factors(coords, kernel, scales, exact_max_spots=exact_max_spots,
                                       n_inducing=n_inducing, seed=seed):
+            placed = _place_factor(factor, mesh)  # on the devices once for every chunk
             for i, (z, out) in enumerate(zip(z_list, best, strict=True)):
                 for start in range(0, z.shape[1], chunk_size):
                     sl = slice(start, start + chunk_size)
@@ -137,8 +139,7 @@ def _scan(z_list, coords, kernel, scales, *, chunk_size, exact_max_spots, n_indu
                     if z.shape[1] > chunk_size and width < chunk_size:
                         # pad the last chunk: every chunk has one shape, compiled once
                         block = np.pad(block, ((0, 0), (0, chunk_size - width)))
-                    fit = fit_gp(jnp.asarray(block, dtype=default_float()), factor,
-                                 standard_error=i == 0, mesh=mesh)
+                    fit = _fit_placed(block, placed, standard_error=i == 0, mesh=mesh)
                     # on the host (gathered from every process when split over them)
                     fit = GPFit(*(to_host(v)[:width] for v in fit))
                     llr = np.asarray(fit.llr, dtype=np.float64)
@@ -342,11 +343,13 @@ def spatial_genes(
         ``bic_<family>``.
       seed: seed of the permutations and of the inducing points.
       progress: progress bar over chunks; None shows it on a terminal only.
-      mesh: a device mesh (`diffomics.core.data_mesh`): each chunk of genes (observed and
-        permuted) is split over its devices and the kernel replicated (`fit_gp`); genes
-        are independent, so the table equals the one-device one up to float32 rounding.
-        The kernel's eigendecomposition and the steps after the test stay on the host.
-        None (default): no placement.
+      mesh: a device mesh (`diffomics.core.data_mesh`): the projections of each chunk of
+        genes (observed and permuted) on the kernel's eigenvectors are summed over blocks
+        of spots, one block per device, then the genes are fitted split over the devices
+        (`fit_gp`); the table equals the one-device one up to the order of float32 sums.
+        The kernel's factor (in float64, once per lengthscale, its rows then placed on
+        the devices) and the steps after the test are computed on the host. None
+        (default): no placement.
       key_added: ``adata.uns[key_added]`` receives the parameters and the null summary.
 
     Returns:
