@@ -213,10 +213,15 @@ def test_bad_inputs_and_documented_handling():
     assert np.isfinite(spatial_genes(duplicated, progress=False)["pval"]).all()
 
 
-def test_inducing_points_are_seeded():
-    xy = np.random.default_rng(0).uniform(size=(500, 2))
-    np.testing.assert_array_equal(inducing_points(xy, n_inducing=20, seed=1),
-                                  inducing_points(xy, n_inducing=20, seed=1))
+def test_inducing_points_are_seeded_and_are_scipys_kmeans_plus_plus():
+    from scipy.cluster.vq import kmeans2
+
+    xy = np.random.default_rng(0).uniform(size=(2000, 2))
+    ours = inducing_points(xy, n_inducing=60, seed=1)
+    np.testing.assert_array_equal(ours, inducing_points(xy, n_inducing=60, seed=1))
+    # the O(n k) seeding makes scipy's draws: the same centres as kmeans2 with "++"
+    np.testing.assert_array_equal(ours, kmeans2(xy, 60, minit="++", seed=1)[0])
+    assert not np.array_equal(ours, inducing_points(xy, n_inducing=60, seed=2))
 
 
 def test_continuous_lengthscale_refinement_climbs_the_likelihood():

@@ -17,6 +17,7 @@ import scipy.linalg
 from jax import Array
 from scipy.cluster.vq import kmeans2
 from scipy.spatial import ConvexHull, QhullError, cKDTree
+from scipy.spatial.distance import cdist
 
 from diffomics.core._checks import check_finite, check_matrix
 from diffomics.core._errors import ConfigError, ShapeError
@@ -208,7 +209,27 @@ def inducing_points(coords: np.ndarray, *, n_inducing: int, seed: int = 0) -> np
     """
     coords = np.asarray(coords, dtype=np.float64)
     m = min(n_inducing, np.unique(coords, axis=0).shape[0])
-    centres, _ = kmeans2(coords, m, minit="++", seed=seed)
+    centres, _ = kmeans2(coords, _kmeans_plus_plus(coords, m, seed=seed), minit="matrix")
+    return centres
+
+
+def _kmeans_plus_plus(coords: np.ndarray, k: int, *, seed: int) -> np.ndarray:
+    """The k-means++ seeding of ``scipy.cluster.vq.kmeans2(minit="++", seed=seed)``.
+
+    The same draws from the same generator, so the same centres, but each spot's squared
+    distance to its nearest centre is updated with the newest centre only: O(n k) instead
+    of scipy's O(n k^2) (27 of the 80 s of `spatial_genes` at 100,000 spots and 500
+    inducing points).
+    """
+    rng = np.random.RandomState(seed)  # what kmeans2 makes of an int seed
+    n = coords.shape[0]
+    centres = np.empty((k, coords.shape[1]))
+    centres[0] = coords[rng.randint(n)]
+    nearest = np.full(n, np.inf)
+    for i in range(1, k):
+        nearest = np.minimum(nearest, cdist(centres[i - 1 : i], coords, "sqeuclidean")[0])
+        cumulative = (nearest / nearest.sum()).cumsum()
+        centres[i] = coords[int(np.searchsorted(cumulative, rng.uniform()))]
     return centres
 
 
