@@ -537,6 +537,38 @@ def _mods(n=80, seed=0):
             for key, x in (("rna", rna), ("atac", atac))}  # fmt: skip
 
 
+def test_background_prior_is_fitted_to_a_seeded_sample_of_the_cells(monkeypatch):
+    # above _PRIOR_CELLS cells the prior is fitted to a sample drawn with the seed (the same
+    # cells in every process, and a file is not read whole for it); it still finds the
+    # planted background of 5 counts
+    import anndata as ad
+
+    import diffomics.integration._integrate as module
+
+    monkeypatch.setattr(module, "_PRIOR_CELLS", 50)
+    fitted = []
+    fit = DifferentiableMultiOmicsVAE.set_background_prior
+    monkeypatch.setattr(DifferentiableMultiOmicsVAE, "set_background_prior",
+                        lambda self, name, counts: fitted.append(np.asarray(counts))
+                        or fit(self, name, counts))  # fmt: skip
+    mods = _mods(n=160)
+    rng = np.random.default_rng(3)
+    protein = rng.poisson(np.where(rng.random((160, 6)) < 0.5, 80.0, 5.0)).astype(np.float32)
+    mods["protein"] = ad.AnnData(protein, obs=mods.pop("atac").obs)
+    kwargs = {"hidden_dim": 8, "n_layers": 1, "max_epochs": 1, "progress": False,
+              "likelihoods": {"protein": "nb_mixture"}}  # fmt: skip
+    for seed in (0, 0, 1):
+        model = integrate(mods, seed=seed, **kwargs)
+    first, again, other = fitted
+    assert first.shape == (50, 6)
+    np.testing.assert_array_equal(first, again)
+    assert not np.array_equal(first, other)
+    rows = {tuple(r) for r in protein}
+    assert all(tuple(r) in rows for r in first)
+    mean = np.asarray(model.module.decoders[1].mixture["prior_mean"][...])
+    np.testing.assert_allclose(np.expm1(mean), 5.0, rtol=0.3)
+
+
 def test_training_resumes_from_its_checkpoint_bitwise(tmp_path):
     # NB + Bernoulli with dropout: the restored state includes the random-key streams of
     # the sampling noise and of dropout, and the generator that shuffles the minibatches

@@ -525,6 +525,11 @@ class IntegrationModel:
                    key, categories)  # fmt: skip
 
 
+#: Cells an ``nb_mixture`` modality's background prior is fitted to, at most: a sample drawn
+#: with the seed, the same in every process, so a large file is not read whole for it
+#: (totalVI fits its empirical prior to 100 cells of each batch).
+_PRIOR_CELLS = 20_000
+
 #: What early stopping may watch (scvi-tools' names): the validation loss (negative ELBO
 #: at full KL weight plus the penalties) or its reconstruction part alone.
 _MONITORS = {"elbo_validation": "validation_loss",
@@ -703,8 +708,8 @@ def integrate(
         minibatch reads its cells from the file (`StreamedRows`), so host memory holds a
         minibatch of it rather than the matrix; training gives the same numbers as in
         memory. Standardising, the input checks and `IntegrationModel.impute` read it in
-        chunks; an ``nb_mixture`` modality (a protein panel) is read whole once for its
-        background prior.
+        chunks; the background prior of an ``nb_mixture`` modality (a protein panel) is
+        fitted to at most 20,000 of its cells (a seeded sample, read once).
       likelihoods: ``{name: likelihood}`` (`MODALITY_LIKELIHOODS`); default by name (rna,
         protein: NB; atac: Bernoulli; others: Gaussian).
       latent_dim: size of the joint latent space.
@@ -837,14 +842,17 @@ def integrate(
         report["batch_categories"] = categories
     for name, lik in zip(names, config.likelihood_list, strict=True):
         if lik == "nb_mixture":  # totalVI's empirical background prior
-            seen = matrices[name][np.flatnonzero(masks[name] > 0)]  # (a protein panel)
+            seen = np.flatnonzero(masks[name] > 0)  # (a protein panel)
             if len(seen) < 2:
                 msg = (
                     f"modality {name!r} has likelihood 'nb_mixture', whose background prior "
                     f"is fitted to the cells' counts; it needs 2 or more cells, found {len(seen)}."
                 )
                 raise ShapeError(msg)
-            module.set_background_prior(name, seen)
+            if len(seen) > _PRIOR_CELLS:
+                draw = np.random.default_rng(seed).choice(len(seen), _PRIOR_CELLS, replace=False)
+                seen = seen[np.sort(draw)]
+            module.set_background_prior(name, matrices[name][seen])
 
     n = len(cells)
     rng = np.random.default_rng(seed)
