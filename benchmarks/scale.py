@@ -29,6 +29,12 @@ a machine with several accelerators the same code splits the work.
   the projections on the kernel's eigenvectors are summed over blocks of spots, one per
   device, then the genes are fitted split over the devices; wall time of the call, and the
   number of planted genes found at q < 0.05 and of null genes called.
+- ``genes_in_memory`` / ``genes_backed``: out-of-core spatial genes. 2,000 simulated genes
+  (100 with a planted wave, as ``spatial_genes``) on ``n`` spots, written by the parent to
+  an ``.h5ad`` file; the child reads it into memory or opens it with ``backed="r"``
+  (`spatial_genes` then reads it a chunk of genes at a time and keeps the standardised
+  values and their permutations in temporary files); the same test as ``spatial_genes``;
+  one device.
 - ``integration``: `integrate` of two simulated Gaussian modalities (20 and 30 features,
   two groups of cells) for 3 epochs of minibatches of 512 cells, every minibatch split over
   the devices; median seconds per epoch after the first, and FOSCTTM.
@@ -77,6 +83,8 @@ SIZES = {
     "spots_in_memory": (1_000_000,),
     "spots_backed": (1_000_000,),
     "spatial_genes": (10_000, 100_000),
+    "genes_in_memory": (20_000,),
+    "genes_backed": (20_000,),
     "integration": (10_000, 100_000),
     "counts_in_memory": (100_000,),
     "counts_backed": (100_000,),
@@ -84,14 +92,17 @@ SIZES = {
     "hic": (10_000, 50_000, 200_000),
 }
 QUICK = {"deconvolution": (10_000,), "spots_in_memory": (10_000,), "spots_backed": (10_000,),
-         "spatial_genes": (10_000,), "integration": (10_000,),
+         "spatial_genes": (10_000,), "genes_in_memory": (2_000,), "genes_backed": (2_000,),
+         "integration": (10_000,),
          "counts_in_memory": (10_000,), "counts_backed": (10_000,), "counts_zarr": (10_000,),
          "hic": (10_000,)}  # fmt: skip
 DEVICES = {"deconvolution": (1, 4), "spots_in_memory": (1,), "spots_backed": (1,),
-           "spatial_genes": (1, 4), "integration": (1, 4),
+           "spatial_genes": (1, 4), "genes_in_memory": (1,), "genes_backed": (1,),
+           "integration": (1, 4),
            "counts_in_memory": (1,), "counts_backed": (1,), "counts_zarr": (1,),
            "hic": (1, 4)}  # fmt: skip
 COUNTS_GENES, COUNTS_PROTEINS = 2_000, 30
+GENES_GENES, GENES_SPATIAL = 2_000, 100
 SPOTS_CHUNK = 100_000
 SEED = 0
 
@@ -173,13 +184,12 @@ def run_spots(n: int, devices: int, *, store: str) -> dict:
     return record
 
 
-def _svg_data(n: int):
+def _svg_data(n: int, n_genes: int = 100, n_spatial: int = 20):
     import anndata as ad
     import pandas as pd
 
     rng = np.random.default_rng(SEED)
     xy = rng.uniform(0.0, 100.0, size=(n, 2))
-    n_genes, n_spatial = 100, 20
     rate = np.full((n, n_genes), 5.0)
     for g in range(n_spatial):
         period = 20.0 + 2.0 * g
@@ -205,6 +215,32 @@ def run_spatial_genes(n: int, devices: int) -> dict:
         "planted_found": int((q[:n_spatial] < 0.05).sum()),
         "planted": n_spatial,
         "null_called": int((q[n_spatial:] < 0.05).sum()),
+    }
+
+
+def write_genes(folder: Path, n: int) -> None:
+    """The out-of-core spatial-gene workload's spots: ``GENES_GENES`` genes, ``.h5ad``."""
+    adata, _ = _svg_data(n, n_genes=GENES_GENES, n_spatial=GENES_SPATIAL)
+    adata.write_h5ad(folder / "genes.h5ad")
+
+
+def run_genes(n: int, devices: int, *, store: str) -> dict:
+    import anndata as ad
+
+    from diffomics.spatial import spatial_genes
+
+    start = time.perf_counter()
+    adata = ad.read_h5ad(Path(DATA_DIR) / "genes.h5ad",
+                         backed="r" if store == "backed" else None)  # fmt: skip
+    table = spatial_genes(adata, n_lengthscales=5, n_smoothed=0, n_inducing=500,
+                          progress=False, mesh=_mesh(devices))  # fmt: skip
+    q = table["qval"].to_numpy()
+    return {
+        "seconds": time.perf_counter() - start,
+        "planted_found": int((q[:GENES_SPATIAL] < 0.05).sum()),
+        "planted": GENES_SPATIAL,
+        "null_called": int((q[GENES_SPATIAL:] < 0.05).sum()),
+        "dense_counts_mib": n * GENES_GENES * 4 / 2**20,
     }
 
 
@@ -321,11 +357,15 @@ def run_hic(n: int, devices: int) -> dict:
 RUNNERS = {"deconvolution": run_deconvolution,
            "spots_in_memory": functools.partial(run_spots, store="memory"),
            "spots_backed": functools.partial(run_spots, store="backed"),
-           "spatial_genes": run_spatial_genes, "integration": run_integration,
+           "spatial_genes": run_spatial_genes,
+           "genes_in_memory": functools.partial(run_genes, store="memory"),
+           "genes_backed": functools.partial(run_genes, store="backed"),
+           "integration": run_integration,
            "counts_in_memory": functools.partial(run_counts, store="memory"),
            "counts_backed": functools.partial(run_counts, store="backed"),
            "counts_zarr": functools.partial(run_counts, store="zarr"), "hic": run_hic}  # fmt: skip
-WRITERS = {"counts": write_counts, "spots": write_spots}  # files a workload family reads
+# the files a workload family reads
+WRITERS = {"counts": write_counts, "spots": write_spots, "genes": write_genes}
 DATA_DIR = ""  # the folder of a writer's files (set by --data-dir in a child)
 
 
@@ -353,7 +393,7 @@ def _table(results: list[dict]) -> str:
             t = f"{o.get('seconds_per_step', float('nan')):.3f} s/step " \
                 f"(first 50 steps {o.get('first_chunk_seconds', float('nan')):.1f} s)"
             acc = f"RMSE {o.get('rmse', float('nan')):.4f}"
-        elif r["workload"] == "spatial_genes":
+        elif r["workload"] == "spatial_genes" or r["workload"].startswith("genes"):
             t = f"{o.get('seconds', float('nan')):.1f} s"
             acc = f"{o.get('planted_found')} of {o.get('planted')} planted; " \
                   f"{o.get('null_called')} null called"

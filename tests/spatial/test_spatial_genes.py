@@ -213,6 +213,57 @@ def test_bad_inputs_and_documented_handling():
     assert np.isfinite(spatial_genes(duplicated, progress=False)["pval"]).all()
 
 
+@pytest.mark.parametrize("store", ["h5ad", "h5ad_sparse", "zarr"])
+def test_a_matrix_on_disk_is_read_in_chunks_of_genes_and_tested_as_in_memory(
+    tmp_path, monkeypatch, store
+):
+    # backed (dense or CSR) and Zarr: the genes are read a few at a time (5 here), and their
+    # standardised values and permutations go to files; the table is the in-memory one
+    import scipy.sparse
+
+    import diffomics.spatial._svg_values as values
+    from diffomics.integration import open_zarr
+
+    adata = simulate_counts(n_spots=150, n_spatial=4, n_null=16, seed=4)
+    monkeypatch.setattr(values, "_READ_VALUES", 150 * 5)
+    reads, read = [], values._read
+    monkeypatch.setattr(values, "_read", lambda m, cols: reads.append(cols) or read(m, cols))
+    stores, new_store = [], values.new_store
+    monkeypatch.setattr(values, "new_store",
+                        lambda shape, folder, name: stores.append(folder)
+                        or new_store(shape, folder, name))  # fmt: skip
+    kwargs = {"n_lengthscales": 4, "model_search": True, "progress": False}
+    memory = adata.copy()
+    in_memory = spatial_genes(memory, **kwargs)
+    assert len(reads) == 8  # 20 genes, 5 a time, twice
+    if store == "h5ad_sparse":
+        adata.X = scipy.sparse.csr_matrix(adata.X)
+    path = tmp_path / f"spots.{store.split('_')[0]}"
+    if store == "zarr":
+        adata.write_zarr(path)
+        on_disk = open_zarr(path)
+    else:
+        adata.write_h5ad(path)
+        on_disk = ad.read_h5ad(path, backed="r")
+    streamed = spatial_genes(on_disk, **kwargs)
+    assert stores[:2] == [None, None] and all(stores[2:])  # values, permutations: files
+    assert not Path(stores[2]).exists()  # removed at the end
+    pd.testing.assert_frame_equal(streamed, in_memory)
+    assert in_memory["is_spatial"][:4].all()
+    pd.testing.assert_frame_equal(on_disk.obsm["spatial_genes_smoothed"],
+                                  memory.obsm["spatial_genes_smoothed"])  # fmt: skip
+
+
+def test_a_non_finite_value_is_named_by_spot_and_gene(monkeypatch):
+    import diffomics.spatial._svg_values as values
+
+    adata = simulate_counts(n_spots=40, n_spatial=2, n_null=8)
+    adata.X[7, 6] = np.nan
+    monkeypatch.setattr(values, "_READ_VALUES", 40 * 4)  # gene 6 is in the second chunk
+    with pytest.raises(NonFiniteError, match=r"index \(7, 6\)"):
+        spatial_genes(adata, progress=False)
+
+
 def test_inducing_points_are_seeded_and_are_scipys_kmeans_plus_plus():
     from scipy.cluster.vq import kmeans2
 

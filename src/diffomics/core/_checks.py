@@ -70,7 +70,7 @@ def check_matrix(x, name: str, *, ndim: int = 2, shape: Sequence[int | None] | N
         raise ShapeError(msg)
 
 
-def check_finite(x, name: str, *, row_offset: int = 0) -> None:
+def check_finite(x, name: str, *, row_offset: int = 0, col_offset: int = 0) -> None:
     """Raise `NonFiniteError` if `x` holds NaN or inf (skipped for tracers).
 
     Args:
@@ -78,6 +78,7 @@ def check_finite(x, name: str, *, row_offset: int = 0) -> None:
       name: the argument name used in the message.
       row_offset: added to the first index in the message, when `x` is a block of rows
         starting there.
+      col_offset: added to the second index, when `x` is a block of columns starting there.
     """
     if is_traced(x):
         return
@@ -85,7 +86,7 @@ def check_finite(x, name: str, *, row_offset: int = 0) -> None:
     bad = ~np.isfinite(arr)
     if bad.any():
         n_nan = int(np.isnan(arr).sum())
-        where = _shifted(np.argwhere(bad)[0], row_offset)
+        where = _shifted(np.argwhere(bad)[0], row_offset, col_offset)
         msg = (
             f"{name} holds {int(bad.sum())} non-finite value(s) ({n_nan} NaN, "
             f"{int(bad.sum()) - n_nan} inf) at e.g. index {where}. "
@@ -94,8 +95,9 @@ def check_finite(x, name: str, *, row_offset: int = 0) -> None:
         raise NonFiniteError(msg)
 
 
-def _shifted(index, row_offset: int) -> tuple[int, ...]:
-    return tuple(int(i) + (row_offset if axis == 0 else 0) for axis, i in enumerate(index))
+def _shifted(index, row_offset: int, col_offset: int = 0) -> tuple[int, ...]:
+    offsets = (row_offset, col_offset)
+    return tuple(int(i) + (offsets[axis] if axis < 2 else 0) for axis, i in enumerate(index))
 
 
 def check_counts(

@@ -8,7 +8,7 @@ from jax import Array
 
 from diffomics.core._checks import check_counts
 
-__all__ = ["regress_out", "stabilize"]
+__all__ = ["anscombe", "nb_overdispersion", "regress_out", "stabilize"]
 
 
 def stabilize(counts: Array) -> tuple[Array, Array]:
@@ -45,17 +45,53 @@ def stabilize(counts: Array) -> tuple[Array, Array]:
     """
     check_counts(counts, "counts", row_name="spot", allow_empty_rows=True)
     x = jnp.asarray(counts)
-    # phi = sum m^2 (v - m) / sum m^4 is computed on x / s (s the largest gene mean), where
-    # it reads sum m'^2 (v' - m' / s) / sum m'^4: the fourth powers neither overflow float32
-    # for large counts (1e30) nor underflow for tiny values; no counts at all give the floor
+    # the moments are taken of x / s (s the largest gene mean; see `nb_overdispersion`)
     s = jax.lax.stop_gradient(jnp.max(jnp.mean(x, axis=0)))
     s = jnp.where(s > 0, s, 1.0)
-    mean = jnp.mean(x / s, axis=0)
-    var = jnp.var(x / s, axis=0, ddof=1)
+    phi = nb_overdispersion(jnp.mean(x / s, axis=0), jnp.var(x / s, axis=0, ddof=1), s)
+    return anscombe(x, phi), phi
+
+
+def nb_overdispersion(mean: Array, var: Array, scale: Array) -> Array:
+    """The common NB overdispersion of `stabilize`, from each gene's moments of ``x / scale``.
+
+    ``phi = sum m^2 (v - m) / sum m^4`` over genes, written for the moments ``m' = m /
+    scale`` and ``v' = v / scale^2`` as ``sum m'^2 (v' - m' / scale) / sum m'^4``: with
+    `scale` the largest gene mean the fourth powers neither overflow float32 for large counts
+    (1e30) nor underflow for tiny values. No counts at all give the floor 1e-8.
+
+    Args:
+      mean: each gene's mean of ``x / scale`` over spots, shape `(n_genes,)`.
+      var: each gene's variance (``ddof=1``) of ``x / scale``, shape `(n_genes,)`.
+      scale: the scale, > 0 (scalar).
+
+    Returns:
+      ``phi`` (scalar), >= 1e-8.
+
+    Examples:
+      >>> float(nb_overdispersion(jnp.array([1.0]), jnp.array([2.0]), 1.0))  # v = m + phi m^2
+      1.0
+    """
     denominator = jnp.sum(mean**4)
-    ratio = jnp.sum(mean**2 * (var - mean / s)) / jnp.where(denominator > 0, denominator, 1.0)
-    phi = jnp.maximum(ratio, 1e-8)
-    return jnp.log1p(2.0 * phi * x) / (2.0 * phi), phi
+    ratio = jnp.sum(mean**2 * (var - mean / scale)) / jnp.where(denominator > 0, denominator, 1.0)
+    return jnp.maximum(ratio, 1e-8)
+
+
+def anscombe(counts: Array, phi: Array) -> Array:
+    """``log1p(2 phi x) / (2 phi)``: `stabilize`'s transform for a given ``phi``.
+
+    Args:
+      counts: counts, any shape, >= 0.
+      phi: NB overdispersion > 0 (`nb_overdispersion`).
+
+    Returns:
+      Transformed values, the shape of `counts`.
+
+    Examples:
+      >>> [round(float(v), 4) for v in anscombe(jnp.array([0.0, 1.0]), 0.5)]
+      [0.0, 0.6931]
+    """
+    return jnp.log1p(2.0 * phi * counts) / (2.0 * phi)
 
 
 def regress_out(values: Array, covariate: Array) -> Array:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import tempfile
 import warnings
 from typing import TYPE_CHECKING
 
@@ -14,19 +15,16 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from diffomics.core._checks import check_choice, check_finite, check_matrix
-from diffomics.core._errors import ConfigError, CountsError, MissingKeyError, ShapeError
+from diffomics.core._errors import ConfigError, MissingKeyError, ShapeError
 from diffomics.core._multiple_testing import benjamini_hochberg, storey_pi0
 from diffomics.core._numerics import default_float
-from diffomics.core._sharding import to_host
+from diffomics.core._sharding import on_disk, to_host
 from diffomics.spatial._gp_test import (
     GPFit,
     _fit_placed,
     _place_factor,
-    gene_sparsity,
     gp_posterior_mean,
     permutation_null,
-    permute_genes,
-    standardize,
 )
 from diffomics.spatial._kernels import (
     KERNELS,
@@ -37,8 +35,8 @@ from diffomics.spatial._kernels import (
     lengthscale_grid,
     nystrom_factor,
 )
-from diffomics.spatial._preprocess import regress_out, stabilize
-from diffomics.spatial._reference import dense_layer
+from diffomics.spatial._reference import layer_matrix
+from diffomics.spatial._svg_values import permuted_store, tested_values
 
 if TYPE_CHECKING:
     from jax.sharding import Mesh
@@ -69,41 +67,6 @@ def _coordinates(adata: ad.AnnData, spatial_key: str) -> np.ndarray:
     return coords[:, :2] if coords.shape[1] > 2 else coords
 
 
-def _values(
-    adata: ad.AnnData, layer: str | None, *, counts: bool | None, total_counts_key: str | None
-) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Transformed values for the test, the sparsity per gene and a preprocessing report."""
-    x = dense_layer(adata, layer, name="adata").astype(np.float64)
-    check_finite(x, "adata expression")
-    is_counts = bool(np.all(x >= 0) and np.allclose(x, np.round(x))) if counts is None else counts
-    sparsity = gene_sparsity(x)
-    report = {"counts": is_counts, "constant": np.ptp(x, axis=0) == 0}
-    if not is_counts:
-        return x, sparsity, report
-    if total_counts_key is not None:
-        if total_counts_key not in adata.obs:
-            msg = f"adata.obs has no {total_counts_key!r}; found {list(adata.obs.columns)}."
-            raise MissingKeyError(msg)
-        totals = adata.obs[total_counts_key].to_numpy(np.float64)
-        covariate, name = np.log(np.maximum(totals, 1e-300)), "log_total_counts"
-    else:
-        totals = x.sum(axis=1)
-        # each gene against the counts of the *other* genes: a gene's own counts in the total
-        # make its coefficient on log totals positive, and regressing the spatial pattern of
-        # the total out of a null gene then writes that pattern into it
-        covariate, name = np.log1p(totals[:, None] - x), "log1p_total_counts_of_other_genes"
-    if np.any(totals <= 0):
-        msg = (
-            f"{int(np.sum(totals <= 0))} spot(s) have zero total counts; remove them first "
-            "(they carry no information and log total counts is undefined)."
-        )
-        raise CountsError(msg)
-    values, phi = stabilize(jnp.asarray(x, dtype=default_float()))
-    report.update(phi=float(phi), regressed=name)
-    values = regress_out(values, jnp.asarray(covariate, dtype=default_float()))
-    return np.asarray(values, dtype=np.float64), sparsity, report
-
-
 def _factors(coords, kernel, scales, *, exact_max_spots, n_inducing, seed):
     """Yield ``(scale, factor)`` for every kernel in the family, one at a time."""
     exact = coords.shape[0] <= exact_max_spots
@@ -118,13 +81,13 @@ def _factors(coords, kernel, scales, *, exact_max_spots, n_inducing, seed):
 
 def _scan(z_list, coords, kernel, scales, *, chunk_size, exact_max_spots, n_inducing, seed,
           progress, mesh=None):
-    """Best fit over a kernel family for each matrix in `z_list` (genes in chunks)."""
+    """Best fit over a kernel family for each gene-major store in `z_list` (genes in chunks)."""
     best = [
-        {k: np.full(z.shape[1], np.nan if k != "llr" else -np.inf) for k in
+        {k: np.full(z.shape[0], np.nan if k != "llr" else -np.inf) for k in
          ("llr", "fsv", "fsv_se", "lengthscale", "log_delta")}
         for z in z_list
     ]
-    n_chunks = sum(-(-z.shape[1] // chunk_size) for z in z_list)
+    n_chunks = sum(-(-z.shape[0] // chunk_size) for z in z_list)
     bar = tqdm(total=len(scales) * n_chunks, disable=not progress, unit="chunk",
                desc=f"GP test ({kernel})")
     with bar:
@@ -132,11 +95,11 @@ def _scan(z_list, coords, kernel, scales, *, chunk_size, exact_max_spots, n_indu
                                       n_inducing=n_inducing, seed=seed):
             placed = _place_factor(factor, mesh)  # on the devices once for every chunk
             for i, (z, out) in enumerate(zip(z_list, best, strict=True)):
-                for start in range(0, z.shape[1], chunk_size):
+                for start in range(0, z.shape[0], chunk_size):
                     sl = slice(start, start + chunk_size)
-                    block = z[:, sl]
+                    block = np.asarray(z[sl]).T  # spots x genes
                     width = block.shape[1]
-                    if z.shape[1] > chunk_size and width < chunk_size:
+                    if z.shape[0] > chunk_size and width < chunk_size:
                         # pad the last chunk: every chunk has one shape, compiled once
                         block = np.pad(block, ((0, 0), (0, chunk_size - width)))
                     fit = _fit_placed(block, placed, standard_error=i == 0, mesh=mesh)
@@ -203,7 +166,7 @@ def _model_search(z, coords, log_lik_null, best_bic, kernel, *, n_lengthscales, 
     return np.array(names)[best], prob[np.arange(len(best)), best], bics
 
 
-def _smoothed(table, values, z, fits, coords, kernel, n_top, *, index, **factor_kwargs):
+def _smoothed(table, tested, fits, coords, kernel, n_top, *, index, **factor_kwargs):
     """GP posterior means of the strongest significant genes, back in the values' units."""
     ranked = table.assign(_i=np.arange(len(table)))[table["is_spatial"]]
     top = ranked.sort_values("llr", ascending=False).head(n_top)
@@ -213,8 +176,9 @@ def _smoothed(table, values, z, fits, coords, kernel, n_top, *, index, **factor_
         idx = genes["_i"].to_numpy()
         (_, factor), = _factors(coords, kernel, [scale], **factor_kwargs)
         smooth = np.asarray(gp_posterior_mean(
-            jnp.asarray(z[:, idx]), factor, jnp.asarray(fits["log_delta"][idx], default_float())))
-        sd, mean = values[:, idx].std(axis=0), values[:, idx].mean(axis=0)
+            jnp.asarray(np.asarray(tested.z[idx]).T), factor,
+            jnp.asarray(fits["log_delta"][idx], default_float())))  # fmt: skip
+        sd, mean = tested.sd[idx], tested.mean[idx]
         for j, name in enumerate(genes.index):
             columns[name] = mean[j] + sd[j] * smooth[:, j]
     return pd.DataFrame({g: columns[g] for g in top.index}, index=index)
@@ -308,11 +272,21 @@ def spatial_genes(
     lengthscale, shared by all genes); above it a Nystrom factor with `n_inducing` k-means
     inducing points is used (O(n m^2)), a valid reduced-rank GP whose test stays calibrated
     through the same permutation null. Lengthscales shorter than the inducing points'
-    spacing are then not representable and are dropped (reported). Genes go through in
-    chunks of `chunk_size`, so memory is O(n (m + chunk_size)).
+    spacing are then not representable and are dropped (reported). Genes go through the
+    test in chunks of `chunk_size`.
+
+    The expression is read twice, a chunk of genes at a time (about 16 million values):
+    once for the checks, each spot's total counts and the genes' moments, once to
+    transform and standardise each gene. The standardised values and their permutations
+    are kept gene-major, in memory (4 bytes a value, as many as the matrix and its
+    permutations hold), or, when `adata` is on disk (``anndata.read_h5ad(path,
+    backed="r")``, `diffomics.integration.open_zarr`), in files of a temporary folder
+    (removed at the end), so host memory is O(n (m + chunk_size)) whatever the number of
+    genes. Each gene's permutation depends on `seed` and its index only.
 
     Args:
-      adata: spots x genes AnnData with coordinates in ``obsm[spatial_key]``.
+      adata: spots x genes AnnData with coordinates in ``obsm[spatial_key]``; its ``X`` (or
+        `layer`) dense, sparse, or on disk (backed h5ad or Zarr; read in chunks of genes).
       spatial_key: key of the coordinates (the first two columns are used).
       layer: layer with the expression; None uses ``X``.
       kernel: ``"se"`` (squared exponential, default), ``"periodic"`` (SpatialDE's cosine
@@ -394,12 +368,33 @@ def spatial_genes(
         msg = f"alpha must be in (0, 1); found {alpha!r}."
         raise ConfigError(msg)
     coords = _coordinates(adata, spatial_key)
-    values, sparsity, report = _values(
-        adata, layer, counts=counts, total_counts_key=total_counts_key
-    )
-    z, constant = standardize(jnp.asarray(values, dtype=default_float()))
-    z = np.asarray(z)
-    constant = np.asarray(constant) | report.pop("constant")
+    matrix = layer_matrix(adata, layer, name="adata")
+    # a matrix on disk is read a chunk of genes at a time, its standardised values (and
+    # their permutations) written to files, so host memory holds a chunk, not the matrix
+    scratch = tempfile.TemporaryDirectory(prefix="diffomics-svg-") if on_disk(adata) else None
+    try:
+        return _test_genes(
+            adata, matrix, coords, folder=None if scratch is None else scratch.name,
+            spatial_key=spatial_key, layer=layer, kernel=kernel, lengthscales=lengthscales,
+            n_lengthscales=n_lengthscales, counts=counts, total_counts_key=total_counts_key,
+            exact_max_spots=exact_max_spots, n_inducing=n_inducing, chunk_size=chunk_size,
+            alpha=alpha, storey=storey, model_search=model_search,
+            refine_lengthscale=refine_lengthscale, n_smoothed=n_smoothed, seed=seed,
+            progress=progress, mesh=mesh, key_added=key_added,
+        )  # fmt: skip
+    finally:
+        if scratch is not None:
+            scratch.cleanup()
+
+
+def _test_genes(adata, matrix, coords, *, folder, spatial_key, layer, kernel, lengthscales,
+                n_lengthscales, counts, total_counts_key, exact_max_spots, n_inducing,
+                chunk_size, alpha, storey, model_search, refine_lengthscale, n_smoothed, seed,
+                progress, mesh, key_added):  # fmt: skip
+    """`spatial_genes` once its arguments are checked; stores in `folder` (None: memory)."""
+    tested = tested_values(matrix, adata.obs, counts=counts, total_counts_key=total_counts_key,
+                           folder=folder)  # fmt: skip
+    z, constant, sparsity, report = tested.z, tested.constant, tested.sparsity, tested.report
     if constant.all():
         msg = f"every one of the {constant.size} genes is constant over the spots; nothing to test."
         raise ShapeError(msg)
@@ -417,15 +412,13 @@ def spatial_genes(
     show = sys.stderr.isatty() if progress is None else progress
     # the permutation null needs enough statistics, and no more: permute small gene sets
     # several times, and only a random subset of large ones
-    n_perm = int(np.ceil(_MIN_NULL / z.shape[1]))
-    null_genes = np.arange(z.shape[1])
-    if z.shape[1] > _MAX_NULL:
+    n_perm = int(np.ceil(_MIN_NULL / z.shape[0]))
+    null_genes = np.arange(z.shape[0])
+    if z.shape[0] > _MAX_NULL:
         null_genes = np.sort(
-            np.random.default_rng(seed).choice(z.shape[1], _MAX_NULL, replace=False)
+            np.random.default_rng(seed).choice(z.shape[0], _MAX_NULL, replace=False)
         )
-    permuted = np.concatenate(
-        [permute_genes(z[:, null_genes], seed=seed + i) for i in range(n_perm)], axis=1
-    )
+    permuted = permuted_store(z, null_genes, n_perm, seed=seed, folder=folder)
     observed, null = _scan(
         [z, permuted], coords, kernel, scales, chunk_size=chunk_size,
         exact_max_spots=exact_max_spots, n_inducing=n_inducing, seed=seed, progress=show,
@@ -441,7 +434,7 @@ def spatial_genes(
     pval = np.where(const, 1.0, pval)
     pi0 = storey_pi0(pval) if storey else 1.0
     qval = benjamini_hochberg(pval, pi0=pi0)
-    variance = np.var(values, axis=0)
+    variance = tested.sd**2
     log_lik_null = -0.5 * n * (np.log(2.0 * np.pi * np.maximum(variance, 1e-300)) + 1.0)
     bic = -2.0 * (observed["llr"] + log_lik_null) + _N_PARAMS[kernel] * np.log(n)
     table = pd.DataFrame(
@@ -464,7 +457,7 @@ def spatial_genes(
         chosen = table["is_spatial"].to_numpy()
         if chosen.any():
             model, prob, bics = _model_search(
-                z[:, chosen], coords, log_lik_null[chosen], bic[chosen], kernel,
+                z[chosen], coords, log_lik_null[chosen], bic[chosen], kernel,
                 n_lengthscales=n_lengthscales, chunk_size=chunk_size,
                 exact_max_spots=exact_max_spots, n_inducing=n_inducing, seed=seed,
                 progress=show, mesh=mesh,
@@ -482,13 +475,13 @@ def spatial_genes(
         refined = np.full((len(table), 3), np.nan)
         if chosen.any():
             refined[chosen] = _refine_lengthscales(
-                z[:, chosen], coords, table["lengthscale"].to_numpy()[chosen]
+                np.asarray(z[chosen]).T, coords, table["lengthscale"].to_numpy()[chosen]
             )
         table["llr_refined"], table["lengthscale_refined"], table["fsv_refined"] = refined.T
     for column in table.columns:
         adata.var[column] = table[column].to_numpy()
     adata.obsm[f"{key_added}_smoothed"] = _smoothed(
-        table, values, z, observed, coords, kernel, n_smoothed,
+        table, tested, observed, coords, kernel, n_smoothed,
         exact_max_spots=exact_max_spots, n_inducing=n_inducing, seed=seed,
         index=adata.obs_names,
     )
