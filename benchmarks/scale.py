@@ -29,7 +29,7 @@ a machine with several accelerators the same code splits the work.
   the projections on the kernel's eigenvectors are summed over blocks of spots, one per
   device, then the genes are fitted split over the devices; wall time of the call, and the
   number of planted genes found at q < 0.05 and of null genes called.
-- ``genes_in_memory`` / ``genes_backed``: out-of-core spatial genes. 2,000 simulated genes
+- ``genes_in_memory`` / ``genes_backed``: out-of-core spatial genes. 10,000 simulated genes
   (100 with a planted wave, as ``spatial_genes``) on ``n`` spots, written by the parent to
   an ``.h5ad`` file; the child reads it into memory or opens it with ``backed="r"``
   (`spatial_genes` then reads it a chunk of genes at a time and keeps the standardised
@@ -83,8 +83,8 @@ SIZES = {
     "spots_in_memory": (1_000_000,),
     "spots_backed": (1_000_000,),
     "spatial_genes": (10_000, 100_000),
-    "genes_in_memory": (20_000,),
-    "genes_backed": (20_000,),
+    "genes_in_memory": (10_000,),
+    "genes_backed": (10_000,),
     "integration": (10_000, 100_000),
     "counts_in_memory": (100_000,),
     "counts_backed": (100_000,),
@@ -102,7 +102,7 @@ DEVICES = {"deconvolution": (1, 4), "spots_in_memory": (1,), "spots_backed": (1,
            "counts_in_memory": (1,), "counts_backed": (1,), "counts_zarr": (1,),
            "hic": (1, 4)}  # fmt: skip
 COUNTS_GENES, COUNTS_PROTEINS = 2_000, 30
-GENES_GENES, GENES_SPATIAL = 2_000, 100
+GENES_GENES, GENES_SPATIAL = 10_000, 100
 SPOTS_CHUNK = 100_000
 SEED = 0
 

@@ -6,7 +6,7 @@ common NB overdispersion (`nb_overdispersion`). So the matrix is read twice, a c
 genes at a time: first for the checks, the totals and each gene's moments; then each chunk
 is transformed (`anscombe`, `regress_out`, `standardize`, the functions the differentiable
 operator uses) and written, gene-major, to a store. The store is an array in memory, or for
-a matrix on disk (a backed AnnData, Zarr) a float32 file in a temporary folder, so host
+a matrix on disk (a backed AnnData, Zarr) a file in a temporary folder (`RowFile`), so host
 memory holds a chunk of the matrix, not all of it.
 """
 
@@ -34,7 +34,7 @@ class TestedValues:
     """Standardised values of every gene and what the table needs of the unstandardised ones.
 
     Attributes:
-      z: `(n_genes, n_spots)` standardised values, gene-major (an array or a memmap).
+      z: `(n_genes, n_spots)` standardised values, gene-major (an array or a `RowFile`).
       sparsity: `(n_genes,)` fraction of spots at the gene's smallest value.
       constant: `(n_genes,)` genes without variation (not tested).
       mean: `(n_genes,)` mean of the tested values (after the preprocessing).
@@ -64,12 +64,47 @@ def _read(matrix, cols: slice) -> np.ndarray:
     return x.astype(np.float64)
 
 
-def new_store(shape: tuple[int, int], folder: str | None, name: str) -> np.ndarray:
-    """A `default_float` array of `shape`, in memory (`folder` None) or a file in `folder`."""
+class RowFile:
+    """A 2-d array in a file, read and written by rows with plain file I/O.
+
+    Not a memory map: the rows read are copies and nothing of the file stays mapped into
+    the process, so its resident memory holds the rows in use only. Indexing takes a slice
+    of rows (read or written), or integer or boolean indices of rows (read).
+    """
+
+    def __init__(self, path: Path, shape: tuple[int, int], dtype) -> None:
+        self.path, self.shape, self.dtype = path, shape, np.dtype(dtype)
+        self._row_bytes = shape[1] * self.dtype.itemsize
+        with open(path, "wb") as f:
+            f.truncate(shape[0] * self._row_bytes)
+
+    def _rows(self, start: int, stop: int) -> np.ndarray:
+        count = max(stop - start, 0) * self.shape[1]
+        out = np.fromfile(self.path, self.dtype, count=count, offset=start * self._row_bytes)
+        return out.reshape(-1, self.shape[1])
+
+    def __getitem__(self, key) -> np.ndarray:
+        if isinstance(key, slice):
+            start, stop, _ = key.indices(self.shape[0])
+            return self._rows(start, stop)
+        rows = np.asarray(key)
+        rows = np.flatnonzero(rows) if rows.dtype == bool else rows
+        if rows.size == 0:
+            return np.empty((0, self.shape[1]), self.dtype)
+        return np.concatenate([self._rows(r, r + 1) for r in rows.tolist()])
+
+    def __setitem__(self, key: slice, value) -> None:
+        start, stop, _ = key.indices(self.shape[0])
+        with open(self.path, "r+b") as f:
+            f.seek(start * self._row_bytes)
+            f.write(np.ascontiguousarray(value, dtype=self.dtype).tobytes())
+
+
+def new_store(shape: tuple[int, int], folder: str | None, name: str):
+    """A `default_float` array of `shape`, in memory (`folder` None) or a `RowFile` there."""
     if folder is None:
         return np.empty(shape, dtype=default_float())
-    path = Path(folder) / f"{name}.f32"
-    return np.lib.format.open_memmap(path, mode="w+", dtype=default_float(), shape=shape)
+    return RowFile(Path(folder) / f"{name}.bin", shape, default_float())
 
 
 def tested_values(
