@@ -19,7 +19,10 @@ it saw to ``--out``:
 - ``svg_<rank>.npy``: `spatial_genes` of 150 genes of the mouse olfactory bulb, the genes
   split over the mesh (LLR, FSV, p-value);
 - ``hic_<rank>.npz``: `hic.analyze` of GM12878 chr20 at 25 kb (balancing and expected from
-  pixels split over the mesh, dots on tiles one per device).
+  pixels split over the mesh, dots on tiles one per device);
+- ``regions_<rank>.npz``: `hic.analyze` of 20 mouse chromosomes at 10 Mb (cooler's test
+  map), balanced over the mesh, then each chromosome analysed whole on one device (with two
+  processes, each analyses those of its devices and the results are exchanged).
 """
 
 import argparse
@@ -123,6 +126,16 @@ def main() -> None:
     np.savez(args.out / f"hic_{args.rank}.npz", weights=hic.weights,
              expected=hic.expected["balanced.avg"].to_numpy(),
              loops=hic.loops[["start1", "start2"]].to_numpy())  # fmt: skip
+
+    cool = Path(__file__).parents[1] / "data" / "hic" / "CN.mm9.10000kb.cool"
+    chroms = [f"chr{k}" for k in range(1, 20)] + ["chrX"]
+    genome = analyze(cool, region=chroms, windows=(30_000_000,), loops=False, progress=False,
+                     mesh=mesh)  # fmt: skip
+    np.savez(args.out / f"regions_{args.rank}.npz", weights=genome.weights,
+             e1=genome.compartments["E1"].to_numpy(float),
+             insulation=genome.insulation["log2_insulation_score_30000000"].to_numpy(float),
+             boundaries=genome.boundaries["start"].to_numpy(),
+             devices=[genome.regions[c].report["device"] for c in chroms])  # fmt: skip
 
 
 if __name__ == "__main__":

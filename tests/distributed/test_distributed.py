@@ -207,3 +207,18 @@ def test_two_processes_read_only_their_cells_and_compute_as_one(tmp_path):
     np.testing.assert_allclose(hic[2]["weights"], hic[1]["weights"], rtol=1e-5)
     np.testing.assert_allclose(hic[2]["expected"], hic[1]["expected"], rtol=1e-5)
     np.testing.assert_array_equal(hic[2]["loops"], hic[1]["loops"])
+    # several chromosomes: those of each process's devices analysed there, then exchanged
+    # (every process has all of them); the one-process (four devices) tables to float32
+    # rounding, the same boundaries
+    regions = {n: [np.load(runs[n] / f"regions_{r}.npz") for r in ((0,) if n == 1 else (0, 1))]
+               for n in (1, 2)}  # fmt: skip
+    both = regions[2]
+    for key in ("weights", "e1", "insulation", "boundaries", "devices"):
+        np.testing.assert_array_equal(both[1][key], both[0][key])
+    assert len(set(both[0]["devices"])) == 4  # of both processes: each has 2 devices
+    one = regions[1][0]
+    np.testing.assert_allclose(both[0]["weights"], one["weights"], rtol=1e-5)
+    np.testing.assert_allclose(both[0]["e1"], one["e1"], atol=1e-4, equal_nan=True)
+    np.testing.assert_allclose(both[0]["insulation"], one["insulation"], atol=2e-4,
+                               equal_nan=True)  # fmt: skip
+    np.testing.assert_array_equal(both[0]["boundaries"], one["boundaries"])

@@ -361,10 +361,11 @@ def analyze(
         over the devices, and each device computes the insulation of its block of bins
         (`insulation`). The raw band that dot calling reads, and the compartments (one
         dense matrix of at most `compartment_max_bins`), are not split. With several
-        regions (and a mesh of one process), the balancing is split over pixels, then the
-        regions are spread over the devices (largest first, to the least loaded) and
-        analysed at the same time, each whole on its device
-        (``result.regions[name].report["device"]``).
+        regions, the balancing is split over pixels, then the regions are spread over the
+        devices (largest first, to the least loaded) and analysed at the same time, each
+        whole on its device (``result.regions[name].report["device"]``); over several
+        processes, each analyses the regions of its devices and the results are
+        exchanged.
         The tables equal the one-device ones up to float32 rounding. None (default): no
         placement.
 
@@ -420,7 +421,7 @@ def analyze(
         return out
 
     with bar:
-        if mesh is None or mesh.is_multi_process or mesh.devices.size == 1:
+        if mesh is None or mesh.devices.size == 1:
             results = {name: one(k) for k, name in enumerate(names)}
         else:  # the chromosomes spread over the devices, each analysed whole on one
             spread = _over_devices(functools.partial(one, mesh=None), maps,
@@ -436,7 +437,9 @@ def _over_devices(analyse, maps: list[ContactMap], devices: list) -> list[HiCRes
     greedy balance of the work), and each device's maps run in order in a thread of their
     own with that device as JAX's default: every array of the map's analysis lives there,
     and the devices' computations overlap. Each map is analysed as it would be alone on one
-    device, so the results are those of ``mesh=None``.
+    device, so the results are those of ``mesh=None``. With the devices of several
+    processes, each process runs the maps of its own devices, and the results are then
+    exchanged (`_from_every_process`), so every process returns all of them.
     """
     from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
 
@@ -445,6 +448,7 @@ def _over_devices(analyse, maps: list[ContactMap], devices: list) -> list[HiCRes
         d = int(np.argmin(load))
         queues[d].append(k)
         load[d] += maps[k].n_bins
+    mine = [d for d, device in enumerate(devices) if device.process_index == jax.process_index()]
 
     def run(d: int) -> dict[int, HiCResult]:
         done = {}
@@ -455,10 +459,31 @@ def _over_devices(analyse, maps: list[ContactMap], devices: list) -> list[HiCRes
         return done
 
     results = {}
-    with ThreadPoolExecutor(max_workers=len(devices)) as pool:
-        for part in pool.map(run, range(len(devices))):
+    with ThreadPoolExecutor(max_workers=len(mine)) as pool:
+        for part in pool.map(run, mine):
             results.update(part)
+    if len(mine) < len(devices):
+        results = {k: r for part in _from_every_process(results) for k, r in part.items()}
     return [results[k] for k in range(len(maps))]
+
+
+def _from_every_process(obj) -> list:
+    """`obj` of every process of JAX's distributed runtime, in process order.
+
+    Each process pickles its object and the bytes go to every process by JAX's
+    all-gather (`jax.experimental.multihost_utils.process_allgather`, padded to the longest).
+    """
+    import pickle  # noqa: PLC0415
+
+    from jax.experimental import multihost_utils  # noqa: PLC0415
+
+    data = np.frombuffer(pickle.dumps(obj), dtype=np.uint8)
+    sizes = np.asarray(multihost_utils.process_allgather(np.array([data.size], np.int32)))
+    padded = np.zeros(int(sizes.max()), np.uint8)
+    padded[: data.size] = data
+    parts = np.asarray(multihost_utils.process_allgather(padded))
+    return [pickle.loads(parts[p, : int(sizes[p, 0])].tobytes())  # bytes of our own processes
+            for p in range(parts.shape[0])]  # fmt: skip
 
 
 def _regions(data, region, resolution) -> tuple[list[ContactMap], ContactMap, list[str]]:
