@@ -202,6 +202,26 @@ def test_spatial_genes_command(tmp_path, capsys):
     assert "spatially variable" in capsys.readouterr().out
 
 
+def test_spatial_genes_command_reads_a_file_in_chunks_of_genes(tmp_path):
+    # --backed .h5ad and a Zarr store: the table of the file read into memory; the .h5ad
+    # written holds the results, not X
+    from .spatial.test_spatial_genes import simulate_counts
+
+    adata = simulate_counts(n_spots=80, n_spatial=2, n_null=10, seed=2)
+    adata.write_h5ad(tmp_path / "tissue.h5ad")
+    adata.write_zarr(tmp_path / "tissue.zarr")
+    tables = {}
+    for kind, data in (("memory", ["tissue.h5ad"]), ("backed", ["tissue.h5ad", "--backed"]),
+                       ("zarr", ["tissue.zarr"])):  # fmt: skip
+        out = tmp_path / kind
+        assert main(["spatial-genes", str(tmp_path / data[0]), *data[1:], "--out", str(out)]) == 0
+        tables[kind] = pd.read_csv(out / "tissue.spatial_genes.tsv", sep="\t", index_col=0)
+        written = ad.read_h5ad(out / "tissue.spatial_genes.h5ad")
+        assert (written.X is None) == (kind != "memory") and "pval" in written.var
+    pd.testing.assert_frame_equal(tables["backed"], tables["memory"])
+    pd.testing.assert_frame_equal(tables["zarr"], tables["memory"])
+
+
 def test_hic_command(tmp_path, capsys):
     from diffomics.datasets import gm12878_annotations, gm12878_hic
 

@@ -93,8 +93,15 @@ def _parser() -> argparse.ArgumentParser:
     _add_out(dec)
     dec.set_defaults(func=run_deconvolve)
 
-    svg = sub.add_parser("spatial-genes", help="spatially variable genes (GP test)")
-    svg.add_argument("data", help="spots x genes .h5ad with coordinates in obsm")
+    svg = sub.add_parser(
+        "spatial-genes",
+        help="spatially variable genes (GP test)",
+        description="Test the genes of an .h5ad file or AnnData Zarr store for spatial "
+        "variation. Zarr stores (and .h5ad files with --backed) are read a chunk of genes at "
+        "a time, their standardised values kept in temporary files; the .h5ad written for "
+        "them holds obs, var, obsm and uns, not X.",
+    )
+    svg.add_argument("data", help="spots x genes .h5ad or .zarr with coordinates in obsm")
     svg.add_argument("--spatial-key", default=_default(spatial_genes, "spatial_key"))
     svg.add_argument(
         "--kernel", default=_default(spatial_genes, "kernel"), choices=["se", "periodic", "linear"]
@@ -102,6 +109,8 @@ def _parser() -> argparse.ArgumentParser:
     svg.add_argument("--total-counts-key", default=_default(spatial_genes, "total_counts_key"))
     svg.add_argument("--model-search", action="store_true", help="choose kernels by BIC")
     svg.add_argument("--seed", type=int, default=_default(spatial_genes, "seed"))
+    svg.add_argument("--backed", action="store_true",
+                     help="open the .h5ad in backed mode and read it a chunk of genes at a time")
     _add_out(svg)
     svg.set_defaults(func=run_spatial_genes)
 

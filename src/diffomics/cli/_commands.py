@@ -128,7 +128,8 @@ def spatial_genes_outputs(adata, table: pd.DataFrame, out: Path, stem: str):
     from diffomics.plotting import spatial_genes_on_tissue
 
     written = [
-        atomic(out / f"{stem}.h5ad", lambda p: adata.write_h5ad(p)),
+        # a file read from disk keeps its X there: the copy holds the annotations and results
+        atomic(out / f"{stem}.h5ad", lambda p: light_copy(adata).write_h5ad(p)),
         _tsv(table.sort_values("pval"), out / f"{stem}.tsv"),
     ]
     figures = []
@@ -145,11 +146,11 @@ def _top_genes(table: pd.DataFrame, n: int = 15) -> pd.DataFrame:
 
 
 def run_spatial_genes(args: argparse.Namespace) -> Section:
-    """``diffomics spatial-genes DATA.h5ad``."""
+    """``diffomics spatial-genes DATA.h5ad`` (or ``.zarr``)."""
     from diffomics.spatial import spatial_genes
 
     start = time.perf_counter()
-    adata = read_h5ad(args.data)
+    adata = read_annotated(args.data, backed=args.backed)
     table = spatial_genes(
         adata,
         spatial_key=args.spatial_key,
