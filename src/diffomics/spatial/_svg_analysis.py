@@ -339,7 +339,7 @@ def spatial_genes(
     Raises:
       MissingKeyError: no coordinates, layer or total-count column.
       ShapeError: fewer than 3 spots, or every gene constant.
-      CountsError: a spot with zero total counts.
+      CountsError: a spot with zero total counts, or negative values with ``counts=True``.
       NonFiniteError: NaN or inf in the coordinates or the expression.
       ConfigError: an argument out of range.
 
