@@ -259,7 +259,7 @@ def test_insulation_tiled_over_devices_equals_one_device():
 
 
 def test_hic_regions_spread_over_the_devices_equal_one_device():
-    # 22 mouse chromosomes at 10 Mb (cooler's test map): balanced with the pixels split over
+    # 10 mouse chromosomes at 10 Mb (cooler's test map): balanced with the pixels split over
     # the devices, then analysed at the same time, each chromosome whole on one device
     # (largest first, to the least loaded); the same tables as without a mesh to float32
     # rounding of the weights, the same boundaries
@@ -268,7 +268,7 @@ def test_hic_regions_spread_over_the_devices_equal_one_device():
     from diffomics.hic import analyze
 
     cool = Path(__file__).parents[1] / "data" / "hic" / "CN.mm9.10000kb.cool"
-    chroms = [f"chr{k}" for k in range(1, 20)] + ["chrX", "chrY", "chrM"]
+    chroms = [f"chr{k}" for k in range(1, 9)] + ["chrX", "chrY"]
     kwargs = {"windows": (30_000_000,), "loops": False, "progress": False}
     single = analyze(cool, region=chroms, **kwargs)
     spread = analyze(cool, region=chroms, mesh=data_mesh(), **kwargs)

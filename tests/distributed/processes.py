@@ -20,7 +20,7 @@ it saw to ``--out``:
   split over the mesh (LLR, FSV, p-value);
 - ``hic_<rank>.npz``: `hic.analyze` of GM12878 chr20 at 25 kb (balancing and expected from
   pixels split over the mesh, dots on tiles one per device);
-- ``regions_<rank>.npz``: `hic.analyze` of 20 mouse chromosomes at 10 Mb (cooler's test
+- ``regions_<rank>.npz``: `hic.analyze` of 8 mouse chromosomes at 10 Mb (cooler's test
   map), balanced over the mesh, then each chromosome analysed whole on one device (with two
   processes, each analyses those of its devices and the results are exchanged).
 """
@@ -128,7 +128,7 @@ def main() -> None:
              loops=hic.loops[["start1", "start2"]].to_numpy())  # fmt: skip
 
     cool = Path(__file__).parents[1] / "data" / "hic" / "CN.mm9.10000kb.cool"
-    chroms = [f"chr{k}" for k in range(1, 20)] + ["chrX"]
+    chroms = [f"chr{k}" for k in range(1, 9)]
     genome = analyze(cool, region=chroms, windows=(30_000_000,), loops=False, progress=False,
                      mesh=mesh)  # fmt: skip
     np.savez(args.out / f"regions_{args.rank}.npz", weights=genome.weights,
