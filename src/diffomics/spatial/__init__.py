@@ -30,6 +30,8 @@ from diffomics.spatial._kernels import kernel_matrix as kernel_matrix
 from diffomics.spatial._kernels import lengthscale_grid as lengthscale_grid
 from diffomics.spatial._kernels import nystrom_factor as nystrom_factor
 from diffomics.spatial._metrics import proportion_metrics as proportion_metrics
+from diffomics.spatial._preprocess import anscombe as anscombe
+from diffomics.spatial._preprocess import nb_overdispersion as nb_overdispersion
 from diffomics.spatial._preprocess import regress_out as regress_out
 from diffomics.spatial._preprocess import stabilize as stabilize
 from diffomics.spatial._pseudospots import pool_pseudo_spots as pool_pseudo_spots
@@ -43,6 +45,7 @@ __all__ = [
     "DeconvolutionResult",
     "GPFit",
     "KernelFactor",
+    "anscombe",
     "car_penalty",
     "deconvolution_log_likelihood",
     "deconvolution_mean",
@@ -55,6 +58,7 @@ __all__ = [
     "lengthscale_grid",
     "mixture_log_pvalue",
     "mixture_pvalue",
+    "nb_overdispersion",
     "nystrom_factor",
     "permutation_null",
     "knn_graph",

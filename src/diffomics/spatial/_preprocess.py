@@ -17,8 +17,9 @@ def stabilize(counts: Array) -> tuple[Array, Array]:
     ``phi`` is the common NB overdispersion, fitted by least squares of the gene variances on
     ``mu + phi mu^2`` over the gene means (Anscombe's transformation, as NaiveDE's
     ``stabilize`` used by SpatialDE). The model is linear in ``phi``, so the fit is the
-    closed form ``phi = sum mu^2 (v - mu) / sum mu^4`` and the whole map is differentiable.
-    The values returned are ``log1p(2 phi x) / (2 phi)``, which is NaiveDE's
+    closed form ``phi = sum mu^2 (v - mu) / sum mu^4`` (`nb_overdispersion`) and the whole
+    map is differentiable. The values returned are ``log1p(2 phi x) / (2 phi)``
+    (`anscombe`), which is NaiveDE's
     ``log(x + 1 / (2 phi))`` shifted by ``log(2 phi)`` and scaled by ``1 / (2 phi)``: the
     same for every test that is invariant to a gene's location and scale (the GP test is),
     accurate in float32 even for Poisson-like data where ``phi -> 0`` (where it tends to
