@@ -304,18 +304,17 @@ def fit_gp_implicit(
 class _PlacedFactor(NamedTuple):
     """A `KernelFactor` in float32 on the devices, its spots split over a mesh when given.
 
-    ``u`` and ``p1`` have the spots padded with zero rows to ``n_rows`` (a multiple of the
-    mesh's devices): a zero row adds nothing to any sum over spots.
+    ``u`` and ``p1`` have the spots padded with zero rows to a multiple of the mesh's
+    devices: a zero row adds nothing to any sum over spots.
     """
 
-    u: Array  # (n_rows, m) eigenvectors
+    u: Array  # (padded spots, m) eigenvectors
     s: Array  # (m,) eigenvalues
     ut1: Array  # (m,) U^T 1
     gower: Array
-    p1: Array | None  # (n_rows,) P 1 = 1 - U U^T 1, low-rank factors only
+    p1: Array | None  # (padded spots,) P 1 = 1 - U U^T 1, low-rank factors only
     ones: Array | None  # 1^T P 1
     n: int  # spots
-    n_rows: int  # spots after padding
 
 
 def _place_factor(factor: KernelFactor, mesh: Mesh | None) -> _PlacedFactor:
@@ -339,7 +338,7 @@ def _place_factor(factor: KernelFactor, mesh: Mesh | None) -> _PlacedFactor:
         u=spots_out(u64), s=jnp.asarray(factor.eigvals, f), ut1=jnp.asarray(ut1, f),
         gower=jnp.asarray(factor.gower, f),
         p1=None if p1 is None else spots_out(p1),
-        ones=None if p1 is None else jnp.asarray(p1 @ p1, f), n=n, n_rows=n_rows,
+        ones=None if p1 is None else jnp.asarray(p1 @ p1, f), n=n,
     )  # fmt: skip
 
 
@@ -375,7 +374,7 @@ def _fit_placed(z, placed: _PlacedFactor, *, standard_error: bool, mesh: Mesh | 
     n_padded = padded_size(n_genes, mesh)
     # genes padded with copies of the last one (dropped below), spots with zero rows
     z = pad_rows(z.T, n_padded).T
-    z = shard_rows(np.pad(z, ((0, placed.n_rows - placed.n), (0, 0))), mesh)
+    z = shard_rows(np.pad(z, ((0, placed.u.shape[0] - placed.n), (0, 0))), mesh)
     genes = NamedSharding(mesh, PartitionSpec(DATA_AXIS))
     fit = _project_and_fit(z, placed, n=placed.n, standard_error=standard_error, genes=genes)
     return fit if n_padded == n_genes else GPFit(*(v[:n_genes] for v in fit))

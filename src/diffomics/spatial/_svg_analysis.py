@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import tempfile
 import warnings
@@ -371,141 +372,126 @@ def spatial_genes(
     matrix = layer_matrix(adata, layer, name="adata")
     # a matrix on disk is read a chunk of genes at a time, its standardised values (and
     # their permutations) written to files, so host memory holds a chunk, not the matrix
-    scratch = tempfile.TemporaryDirectory(prefix="diffomics-svg-") if on_disk(adata) else None
-    try:
-        return _test_genes(
-            adata, matrix, coords, folder=None if scratch is None else scratch.name,
-            spatial_key=spatial_key, layer=layer, kernel=kernel, lengthscales=lengthscales,
-            n_lengthscales=n_lengthscales, counts=counts, total_counts_key=total_counts_key,
-            exact_max_spots=exact_max_spots, n_inducing=n_inducing, chunk_size=chunk_size,
-            alpha=alpha, storey=storey, model_search=model_search,
-            refine_lengthscale=refine_lengthscale, n_smoothed=n_smoothed, seed=seed,
-            progress=progress, mesh=mesh, key_added=key_added,
-        )  # fmt: skip
-    finally:
-        if scratch is not None:
-            scratch.cleanup()
-
-
-def _test_genes(adata, matrix, coords, *, folder, spatial_key, layer, kernel, lengthscales,
-                n_lengthscales, counts, total_counts_key, exact_max_spots, n_inducing,
-                chunk_size, alpha, storey, model_search, refine_lengthscale, n_smoothed, seed,
-                progress, mesh, key_added):  # fmt: skip
-    """`spatial_genes` once its arguments are checked; stores in `folder` (None: memory)."""
-    tested = tested_values(matrix, adata.obs, counts=counts, total_counts_key=total_counts_key,
-                           folder=folder)  # fmt: skip
-    z, constant, sparsity, report = tested.z, tested.constant, tested.sparsity, tested.report
-    if constant.all():
-        msg = f"every one of the {constant.size} genes is constant over the spots; nothing to test."
-        raise ShapeError(msg)
-    if constant.any():
-        warnings.warn(
-            f"{int(constant.sum())} gene(s) are constant over the spots (e.g. "
-            f"{list(adata.var_names[np.asarray(constant)][:3])}); they get llr 0 and p-value 1.",
-            stacklevel=2,
-        )
-    n = coords.shape[0]
-    scales, dropped = _family_scales(
-        coords, kernel, lengthscales, n_lengthscales=n_lengthscales,
-        exact_max_spots=exact_max_spots, n_inducing=n_inducing,
-    )
-    show = sys.stderr.isatty() if progress is None else progress
-    # the permutation null needs enough statistics, and no more: permute small gene sets
-    # several times, and only a random subset of large ones
-    n_perm = int(np.ceil(_MIN_NULL / z.shape[0]))
-    null_genes = np.arange(z.shape[0])
-    if z.shape[0] > _MAX_NULL:
-        null_genes = np.sort(
-            np.random.default_rng(seed).choice(z.shape[0], _MAX_NULL, replace=False)
-        )
-    permuted = permuted_store(z, null_genes, n_perm, seed=seed, folder=folder)
-    observed, null = _scan(
-        [z, permuted], coords, kernel, scales, chunk_size=chunk_size,
-        exact_max_spots=exact_max_spots, n_inducing=n_inducing, seed=seed, progress=show,
-        mesh=mesh,
-    )
-    const = np.asarray(constant)
-    observed["llr"] = np.where(const, 0.0, np.maximum(observed["llr"], 0.0))
-    null_const = np.tile(const[null_genes], n_perm)
-    null_dist = permutation_null(
-        2.0 * null["llr"][~null_const], np.tile(sparsity[null_genes], n_perm)[~null_const]
-    )
-    pval = null_dist.pvalue(2.0 * observed["llr"], sparsity)
-    pval = np.where(const, 1.0, pval)
-    pi0 = storey_pi0(pval) if storey else 1.0
-    qval = benjamini_hochberg(pval, pi0=pi0)
-    variance = tested.sd**2
-    log_lik_null = -0.5 * n * (np.log(2.0 * np.pi * np.maximum(variance, 1e-300)) + 1.0)
-    bic = -2.0 * (observed["llr"] + log_lik_null) + _N_PARAMS[kernel] * np.log(n)
-    table = pd.DataFrame(
-        {
-            "fsv": np.where(const, 0.0, observed["fsv"]),
-            "fsv_se": observed["fsv_se"],
-            "lengthscale": observed["lengthscale"],
-            "llr": observed["llr"],
-            "pval": pval,
-            "qval": qval,
-            "is_spatial": qval < alpha,
-            "sparsity": sparsity,
-            "bic": bic,
-        },
-        index=adata.var_names.copy(),
-    )
-    if model_search:
-        table["model"] = ""
-        table["model_prob"] = np.nan
-        chosen = table["is_spatial"].to_numpy()
-        if chosen.any():
-            model, prob, bics = _model_search(
-                z[chosen], coords, log_lik_null[chosen], bic[chosen], kernel,
-                n_lengthscales=n_lengthscales, chunk_size=chunk_size,
-                exact_max_spots=exact_max_spots, n_inducing=n_inducing, seed=seed,
-                progress=show, mesh=mesh,
+    scratch = (tempfile.TemporaryDirectory(prefix="diffomics-svg-") if on_disk(adata)
+               else contextlib.nullcontext())  # fmt: skip
+    with scratch as folder:  # None: the stores are kept in memory
+        tested = tested_values(matrix, adata.obs, counts=counts, total_counts_key=total_counts_key,
+                               folder=folder)  # fmt: skip
+        z, constant, sparsity, report = tested.z, tested.constant, tested.sparsity, tested.report
+        if constant.all():
+            msg = (f"every one of the {constant.size} genes is constant over the spots; "
+                   "nothing to test.")
+            raise ShapeError(msg)
+        if constant.any():
+            warnings.warn(
+                f"{int(constant.sum())} gene(s) are constant over the spots (e.g. "
+                f"{list(adata.var_names[np.asarray(constant)][:3])}); they get llr 0 and "
+                "p-value 1.",
+                stacklevel=2,
             )
-            table.loc[chosen, "model"] = model
-            table.loc[chosen, "model_prob"] = prob
-            for family, family_bic in bics.items():
-                table[f"bic_{family}"] = np.nan
-                table.loc[chosen, f"bic_{family}"] = family_bic
-    if refine_lengthscale:
-        if kernel != "se" or n > exact_max_spots:
-            msg = "refine_lengthscale needs kernel='se' and the exact path (n <= exact_max_spots)."
-            raise ConfigError(msg)
-        chosen = table["is_spatial"].to_numpy()
-        refined = np.full((len(table), 3), np.nan)
-        if chosen.any():
-            refined[chosen] = _refine_lengthscales(
-                np.asarray(z[chosen]).T, coords, table["lengthscale"].to_numpy()[chosen]
+        n = coords.shape[0]
+        scales, dropped = _family_scales(
+            coords, kernel, lengthscales, n_lengthscales=n_lengthscales,
+            exact_max_spots=exact_max_spots, n_inducing=n_inducing,
+        )
+        show = sys.stderr.isatty() if progress is None else progress
+        # the permutation null needs enough statistics, and no more: permute small gene sets
+        # several times, and only a random subset of large ones
+        n_perm = int(np.ceil(_MIN_NULL / z.shape[0]))
+        null_genes = np.arange(z.shape[0])
+        if z.shape[0] > _MAX_NULL:
+            null_genes = np.sort(
+                np.random.default_rng(seed).choice(z.shape[0], _MAX_NULL, replace=False)
             )
-        table["llr_refined"], table["lengthscale_refined"], table["fsv_refined"] = refined.T
-    for column in table.columns:
-        adata.var[column] = table[column].to_numpy()
-    adata.obsm[f"{key_added}_smoothed"] = _smoothed(
-        table, tested, observed, coords, kernel, n_smoothed,
-        exact_max_spots=exact_max_spots, n_inducing=n_inducing, seed=seed,
-        index=adata.obs_names,
-    )
-    adata.uns[key_added] = {
-        "params": {
-            "spatial_key": spatial_key,
-            "layer": layer,
-            "kernel": kernel,
-            "lengthscales": [float(s) for s in scales],
-            "lengthscales_dropped": [float(s) for s in dropped],
-            "exact": bool(n <= exact_max_spots),
-            "n_inducing": int(n_inducing),
-            "alpha": float(alpha),
-            "pi0": float(pi0),
-            "seed": int(seed),
-        },
-        "preprocessing": report,
-        "null": {
-            "strata_upper_sparsity": [float(e) for e in null_dist.edges],
-            "tail_threshold": [float(u) for u in null_dist.threshold],
-            "tail_scale": [float(b) for b in null_dist.beta],
-            "n_statistics": int((~null_const).sum()),
-            "n_permutations": n_perm,
-        },
-        "n_constant_genes": int(const.sum()),
-    }
-    return table
+        permuted = permuted_store(z, null_genes, n_perm, seed=seed, folder=folder)
+        observed, null = _scan(
+            [z, permuted], coords, kernel, scales, chunk_size=chunk_size,
+            exact_max_spots=exact_max_spots, n_inducing=n_inducing, seed=seed, progress=show,
+            mesh=mesh,
+        )
+        const = np.asarray(constant)
+        observed["llr"] = np.where(const, 0.0, np.maximum(observed["llr"], 0.0))
+        null_const = np.tile(const[null_genes], n_perm)
+        null_dist = permutation_null(
+            2.0 * null["llr"][~null_const], np.tile(sparsity[null_genes], n_perm)[~null_const]
+        )
+        pval = null_dist.pvalue(2.0 * observed["llr"], sparsity)
+        pval = np.where(const, 1.0, pval)
+        pi0 = storey_pi0(pval) if storey else 1.0
+        qval = benjamini_hochberg(pval, pi0=pi0)
+        variance = tested.sd**2
+        log_lik_null = -0.5 * n * (np.log(2.0 * np.pi * np.maximum(variance, 1e-300)) + 1.0)
+        bic = -2.0 * (observed["llr"] + log_lik_null) + _N_PARAMS[kernel] * np.log(n)
+        table = pd.DataFrame(
+            {
+                "fsv": np.where(const, 0.0, observed["fsv"]),
+                "fsv_se": observed["fsv_se"],
+                "lengthscale": observed["lengthscale"],
+                "llr": observed["llr"],
+                "pval": pval,
+                "qval": qval,
+                "is_spatial": qval < alpha,
+                "sparsity": sparsity,
+                "bic": bic,
+            },
+            index=adata.var_names.copy(),
+        )
+        if model_search:
+            table["model"] = ""
+            table["model_prob"] = np.nan
+            chosen = table["is_spatial"].to_numpy()
+            if chosen.any():
+                model, prob, bics = _model_search(
+                    z[chosen], coords, log_lik_null[chosen], bic[chosen], kernel,
+                    n_lengthscales=n_lengthscales, chunk_size=chunk_size,
+                    exact_max_spots=exact_max_spots, n_inducing=n_inducing, seed=seed,
+                    progress=show, mesh=mesh,
+                )
+                table.loc[chosen, "model"] = model
+                table.loc[chosen, "model_prob"] = prob
+                for family, family_bic in bics.items():
+                    table[f"bic_{family}"] = np.nan
+                    table.loc[chosen, f"bic_{family}"] = family_bic
+        if refine_lengthscale:
+            if kernel != "se" or n > exact_max_spots:
+                msg = ("refine_lengthscale needs kernel='se' and the exact path "
+                       "(n <= exact_max_spots).")
+                raise ConfigError(msg)
+            chosen = table["is_spatial"].to_numpy()
+            refined = np.full((len(table), 3), np.nan)
+            if chosen.any():
+                refined[chosen] = _refine_lengthscales(
+                    np.asarray(z[chosen]).T, coords, table["lengthscale"].to_numpy()[chosen]
+                )
+            table["llr_refined"], table["lengthscale_refined"], table["fsv_refined"] = refined.T
+        for column in table.columns:
+            adata.var[column] = table[column].to_numpy()
+        adata.obsm[f"{key_added}_smoothed"] = _smoothed(
+            table, tested, observed, coords, kernel, n_smoothed,
+            exact_max_spots=exact_max_spots, n_inducing=n_inducing, seed=seed,
+            index=adata.obs_names,
+        )
+        adata.uns[key_added] = {
+            "params": {
+                "spatial_key": spatial_key,
+                "layer": layer,
+                "kernel": kernel,
+                "lengthscales": [float(s) for s in scales],
+                "lengthscales_dropped": [float(s) for s in dropped],
+                "exact": bool(n <= exact_max_spots),
+                "n_inducing": int(n_inducing),
+                "alpha": float(alpha),
+                "pi0": float(pi0),
+                "seed": int(seed),
+            },
+            "preprocessing": report,
+            "null": {
+                "strata_upper_sparsity": [float(e) for e in null_dist.edges],
+                "tail_threshold": [float(u) for u in null_dist.threshold],
+                "tail_scale": [float(b) for b in null_dist.beta],
+                "n_statistics": int((~null_const).sum()),
+                "n_permutations": n_perm,
+            },
+            "n_constant_genes": int(const.sum()),
+        }
+        return table

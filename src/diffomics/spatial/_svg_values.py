@@ -50,10 +50,9 @@ class TestedValues:
     report: dict
 
 
-def gene_chunks(n_spots: int, n_genes: int, width: int | None = None) -> list[slice]:
-    """Slices of genes; by default as many genes as fit `_READ_VALUES` values."""
-    if width is None:
-        width = max(1, _READ_VALUES // max(n_spots, 1))
+def gene_chunks(n_spots: int, n_genes: int) -> list[slice]:
+    """Slices of genes, each of as many genes as fit `_READ_VALUES` values."""
+    width = max(1, _READ_VALUES // max(n_spots, 1))
     return [slice(a, min(a + width, n_genes)) for a in range(0, n_genes, width)]
 
 
@@ -91,7 +90,9 @@ class RowFile:
         rows = np.flatnonzero(rows) if rows.dtype == bool else rows
         if rows.size == 0:
             return np.empty((0, self.shape[1]), self.dtype)
-        return np.concatenate([self._rows(r, r + 1) for r in rows.tolist()])
+        # one read per run of consecutive rows (the permuted genes are usually all of them)
+        runs = np.split(rows, np.flatnonzero(np.diff(rows) != 1) + 1)
+        return np.concatenate([self._rows(int(r[0]), int(r[-1]) + 1) for r in runs])
 
     def __setitem__(self, key: slice, value) -> None:
         start, stop, _ = key.indices(self.shape[0])
